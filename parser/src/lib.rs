@@ -9,6 +9,7 @@ pub mod bkformat;
 pub mod diag;
 pub mod golang;
 pub mod ignore;
+pub mod include;
 pub mod shell;
 pub mod source;
 pub mod syntax;

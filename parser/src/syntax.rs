@@ -537,7 +537,11 @@ impl<'a> Parser<'a> {
             "env" | "label" => {
                 let key = if lower == "env" { "ENV" } else { "LABEL" };
                 name_values(args, key, self.escape)
-                    .map_err(err)?
+                    .map_err(|m| {
+                        err(m).with_help(format!(
+                            "write `{key} NAME=value` (several pairs may follow on one line)"
+                        ))
+                    })?
                     .into_iter()
                     .map(|(s, a, b)| word(s, a, b))
                     .collect()
