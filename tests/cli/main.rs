@@ -1,0 +1,49 @@
+//! Integration tests of the `imgbuild` binary. Each test works in its own temporary directory.
+
+mod check;
+mod parse;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The shared reference-data directory: `$IMGBUILD_SHARED`, else `<repo>/../shared`.
+pub fn shared_dir() -> PathBuf {
+    let dir = std::env::var_os("IMGBUILD_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    assert!(
+        dir.is_dir(),
+        "reference data not found at {} (set IMGBUILD_SHARED)",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs the binary with `args` in `dir`.
+pub fn imgbuild(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run imgbuild")
+}
+
+/// A scratch directory populated with `files` (path, bytes).
+pub fn scratch(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, data) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    dir
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
