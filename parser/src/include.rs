@@ -40,7 +40,10 @@ pub struct Resolved {
 /// Dockerfile, so INCLUDE is not resolved there (the typed layer reports it instead).
 pub fn is_docker_frontend(syntax: &str) -> bool {
     let image = syntax.split([':', '@']).next().unwrap_or("");
-    let image = image.trim_start_matches("docker.io/");
+    let image = ["docker.io/", "index.docker.io/", "registry-1.docker.io/"]
+        .iter()
+        .find_map(|p| image.strip_prefix(p))
+        .unwrap_or(image);
     image == "docker/dockerfile" || image.starts_with("docker/dockerfile-")
 }
 
@@ -316,6 +319,10 @@ mod tests {
         assert_eq!(r.dockerfile.children[1].name(), "include");
         assert!(is_docker_frontend("docker.io/docker/dockerfile:1.7-labs"));
         assert!(is_docker_frontend("docker/dockerfile-upstream:master"));
+        assert!(is_docker_frontend("index.docker.io/docker/dockerfile:1"));
+        assert!(is_docker_frontend(
+            "registry-1.docker.io/docker/dockerfile@sha256:00"
+        ));
         assert!(!is_docker_frontend("example.com/my/frontend"));
     }
 

@@ -10,6 +10,7 @@ pub mod diag;
 pub mod golang;
 pub mod ignore;
 pub mod include;
+pub mod instructions;
 pub mod shell;
 pub mod source;
 pub mod syntax;

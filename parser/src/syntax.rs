@@ -46,29 +46,34 @@ pub fn parse(src: &str, file: FileId) -> Parsed {
     Parser::new(src, file).run()
 }
 
-/// Instructions BuildKit's parser knows; any other keyword keeps no arguments in its tree.
+/// The names of the instructions BuildKit knows, upper-case.
+pub const BUILDKIT_INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// Whether BuildKit's parser knows the instruction; any other keyword keeps no arguments in
+/// its tree.
 pub fn is_buildkit_instruction(name: &str) -> bool {
-    matches!(
-        name.to_ascii_lowercase().as_str(),
-        "add"
-            | "arg"
-            | "cmd"
-            | "copy"
-            | "entrypoint"
-            | "env"
-            | "expose"
-            | "from"
-            | "healthcheck"
-            | "label"
-            | "maintainer"
-            | "onbuild"
-            | "run"
-            | "shell"
-            | "stopsignal"
-            | "user"
-            | "volume"
-            | "workdir"
-    )
+    BUILDKIT_INSTRUCTIONS
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(name))
 }
 
 /// One physical line: its text without the line terminator, where it starts, and where the

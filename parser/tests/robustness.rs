@@ -2,7 +2,9 @@
 //! hand-written cases are the shapes that break naive parsers (long joined lines, deep nesting,
 //! unterminated constructs). Quadratic behaviour shows up here as a test that never finishes.
 
-use imgbuild_parser::{bkformat, parse};
+use imgbuild_parser::ignore::PatternMatcher;
+use imgbuild_parser::shell::Lexer;
+use imgbuild_parser::{bkformat, instructions, parse};
 use proptest::prelude::*;
 
 /// Tokens that exercise every branch of the line parser.
@@ -55,6 +57,10 @@ proptest! {
         let p = parse(&src, 0);
         let _ = bkformat::dump(&p.ast);
         let _ = bkformat::record("f", &p);
+        let (_, diags) = instructions::check_all(&p.ast);
+        for d in &diags {
+            prop_assert!(d.span.end <= src.len() && d.span.start <= d.span.end, "{d:?}");
+        }
         for d in &p.diagnostics {
             prop_assert!(d.span.start <= d.span.end && d.span.end <= src.len(), "{d:?}");
         }
@@ -71,6 +77,27 @@ proptest! {
     fn arbitrary_text_never_panics(src in "\\PC{0,400}") {
         let p = parse(&src, 0);
         let _ = bkformat::dump(&p.ast);
+    }
+
+    #[test]
+    fn expansion_never_panics(word in "[-$a-z{}:+?#%/*'\"\\\\ ]{0,60}", raw in any::<bool>(), skip in any::<bool>()) {
+        let env = vec![("a".to_string(), "x y".to_string()), ("b".to_string(), String::new())];
+        for escape in ['\\', '`'] {
+            let lexer = Lexer { escape, raw_quotes: raw, skip_unset_env: skip, ..Lexer::default() };
+            let _ = lexer.process_word(&word, &env);
+            let _ = lexer.process_words(&word, &env);
+        }
+    }
+
+    #[test]
+    fn ignore_matching_never_panics(
+        patterns in proptest::collection::vec("[!*?/.a-c\\[\\]\\\\^-]{0,12}", 0..6),
+        path in "[/.a-c*]{0,20}",
+    ) {
+        if let Ok(m) = PatternMatcher::new(&patterns) {
+            let _ = m.matches_or_parent_matches(&path);
+            let _ = m.is_excluded(&path);
+        }
     }
 
     #[test]
@@ -162,4 +189,22 @@ fn bad_input_gets_spans() {
         (p.diagnostics[0].span.start, p.diagnostics[0].span.end),
         (9, 10)
     );
+}
+
+#[test]
+fn deep_and_long_expansions() {
+    let env = vec![("a".to_string(), "v".to_string())];
+    let nested = format!("{}x{}", "${a:-".repeat(10_000), "}".repeat(10_000));
+    assert!(Lexer::default().process_word(&nested, &env).is_err());
+    let long = "$a".repeat(500_000);
+    assert_eq!(
+        Lexer::default()
+            .process_word(&long, &env)
+            .unwrap()
+            .value
+            .len(),
+        500_000
+    );
+    let m = PatternMatcher::new([format!("{}x", "**/".repeat(2_000))]).unwrap();
+    let _ = m.matches_or_parent_matches(&"a/".repeat(2_000));
 }

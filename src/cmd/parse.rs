@@ -1,7 +1,7 @@
 //! `imgbuild parse`: the parser's view of Dockerfiles, in BuildKit's formats or ours.
 
 use clap::ValueEnum;
-use imgbuild_parser::{bkformat, parse, source};
+use imgbuild_parser::{bkformat, instructions, parse, source};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +12,8 @@ pub enum Format {
     Buildkit,
     /// BuildKit's `Node.Dump()` s-expressions, as its parser testfiles hold them.
     Dump,
-    /// imgbuild's own tree: syntax nodes with spans, and diagnostics.
+    /// imgbuild's own trees: typed stages and instructions, syntax nodes with byte spans, and
+    /// every diagnostic.
     Json,
 }
 
@@ -51,11 +52,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Some(e) => eprintln!("{name}: {e}"),
             },
             Format::Json => {
+                let (typed, typed_diags) = instructions::check_all(&parsed.ast);
+                let mut diagnostics = parsed.diagnostics.clone();
+                diagnostics.extend(typed_diags);
                 let v = serde_json::json!({
                     "file": name,
-                    "ok": !parsed.has_errors(),
-                    "dockerfile": parsed.ast,
-                    "diagnostics": parsed.diagnostics,
+                    "ok": !imgbuild_parser::diag::has_errors(&diagnostics),
+                    "diagnostics": diagnostics,
+                    "typed": typed,
+                    "syntax": parsed.ast,
                 });
                 writeln!(out, "{v}")?;
             }

@@ -3,13 +3,16 @@
 use crate::{imgbuild, scratch, stderr};
 
 /// Bad input of each kind: (name, Dockerfile bytes, extra files, expected location, message).
-fn bad_inputs() -> Vec<(
+/// One bad input: name, Dockerfile bytes, extra files, expected location, expected message.
+type BadInput = (
     &'static str,
     Vec<u8>,
     Vec<(&'static str, &'static [u8])>,
     &'static str,
     &'static str,
-)> {
+);
+
+fn bad_inputs() -> Vec<BadInput> {
     let long_line = format!("FROM x\nRUN {}\n", "a".repeat(70_000)).into_bytes();
     vec![
         (
@@ -123,4 +126,58 @@ fn usage_error_exits_2() {
         Some(2)
     );
     assert_eq!(imgbuild(dir.path(), &["nonsense"]).status.code(), Some(2));
+}
+
+#[test]
+fn extensions_and_their_rules() {
+    let dir = scratch(&[(
+        "Dockerfile",
+        b"FROM alpine AS site\nRUN --cache=ttl=1h date > /d\nFROM unikernel AS k\nAPP ./app\nMODULE fs\nCOPY --from=site /d /d\nRUN echo no\n",
+    )]);
+    let out = imgbuild(dir.path(), &["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "Dockerfile:7:1: error[unikernel-stage]: RUN is not allowed in a unikernel stage"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.matches(": error").count(), 1, "{err}");
+
+    // A file that names Docker's frontend is held to plain Dockerfile.
+    let dir = scratch(&[(
+        "Dockerfile",
+        b"# syntax=docker/dockerfile:1\nFROM alpine\nRUN --cache=never date\n",
+    )]);
+    let out = imgbuild(dir.path(), &["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Dockerfile:3:"), "{err}");
+    assert!(err.contains("syntax"), "{err}");
+}
+
+#[test]
+fn dockerignore_problems_are_located() {
+    let dir = scratch(&[
+        ("Dockerfile", b"FROM x\n"),
+        (".dockerignore", b"# c\nok\n[z-a]\n"),
+    ]);
+    let out = imgbuild(dir.path(), &["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(".dockerignore:3:1: error[dockerignore]: syntax error in pattern"),
+        "{err}"
+    );
+    let dir = scratch(&[
+        ("Dockerfile", b"FROM x\n"),
+        ("Dockerfile.dockerignore", b"!\n"),
+        (".dockerignore", b"fine\n"),
+    ]);
+    let err = stderr(&imgbuild(dir.path(), &["check"]));
+    assert!(
+        err.contains("Dockerfile.dockerignore:1:1: error[dockerignore]: illegal exclusion"),
+        "{err}"
+    );
 }

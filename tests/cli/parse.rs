@@ -56,5 +56,15 @@ fn json_format_has_spans_and_diagnostics() {
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["ok"], false);
     assert_eq!(v["diagnostics"][0]["code"], "unterminated-heredoc");
-    assert_eq!(v["dockerfile"]["children"][0]["span"]["start"], 0);
+    assert_eq!(v["syntax"]["children"][0]["span"]["start"], 0);
+
+    let dir = scratch(&[(
+        "Dockerfile",
+        b"ARG V=1\nFROM alpine:$V AS build\nRUN --mount=type=cache,target=/c --cache=never make\n",
+    )]);
+    let out = imgbuild(dir.path(), &["parse", "--format", "json", "Dockerfile"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["typed"]["meta_args"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["typed"]["stages"][0]["name"], "build", "{v}");
 }

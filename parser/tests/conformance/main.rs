@@ -3,6 +3,7 @@
 
 mod corpus;
 mod ignore;
+mod instructions;
 mod shell;
 mod testfiles;
 

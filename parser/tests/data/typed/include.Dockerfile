@@ -1,0 +1,5 @@
+INCLUDE globals.Dockerfile
+FROM alpine
+INCLUDE steps.Dockerfile
+INCLUDE a.Dockerfile b.Dockerfile
+INCLUDE
