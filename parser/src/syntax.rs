@@ -200,8 +200,7 @@ impl<'a> Parser<'a> {
             escape: '\\',
             directives: DirectiveState::default(),
             out_directives: Vec::new(),
-            // About one instruction per 50 bytes in real files: avoids re-copying a large tree.
-            children: Vec::with_capacity(src.len() / 50),
+            children: Vec::new(),
             diags: Vec::new(),
             bk_error: None,
             scanner_failed: false,
