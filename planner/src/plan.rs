@@ -1,0 +1,1070 @@
+//! Planning: stages are planned on demand (the target first asks for what it builds on), each
+//! instruction expanded with the variables in scope and turned into a step or a config change.
+
+use crate::config::{Healthcheck, History, ImageConfig};
+use crate::key::{Key, KeyHasher};
+use crate::{
+    BaseImage, BuildOptions, ContextQuery, CopyOp, CopySource, Inputs, Op, Plan, PlannedStage,
+    RunOp, Step,
+};
+use imgbuild_parser::ast::{Span, Word};
+use imgbuild_parser::diag::Diagnostic;
+use imgbuild_parser::instructions::{
+    self, Add, Arg, CommandLine, Copy, Instruction, Run, RunCache, Stage, TypedDockerfile,
+};
+use imgbuild_parser::shell::{Lexer, ShellError};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Proxy build args: usable by RUN without an ARG, never in history or keys (like BuildKit).
+const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The `comment` of the history entries we write.
+const HISTORY_COMMENT: &str = "imgbuild.dockerfile.v1";
+
+/// Plans the build of `opts.target` (or the last stage).
+pub fn plan(
+    typed: &TypedDockerfile,
+    opts: &BuildOptions,
+    inputs: &dyn Inputs,
+) -> (Option<Plan>, Vec<Diagnostic>) {
+    let mut p = Planner::new(typed, opts, inputs);
+    let target = match p.target_index() {
+        Ok(t) => t,
+        Err(d) => return (None, vec![d]),
+    };
+    p.plan_stage(target);
+    let mut unused: Vec<String> = opts
+        .build_args
+        .keys()
+        .filter(|k| !p.used_args.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    unused.sort();
+    let failed = p.diags.iter().any(Diagnostic::is_error);
+    let Planner {
+        steps,
+        stages,
+        diags,
+        ..
+    } = p;
+    if failed {
+        return (None, diags);
+    }
+    (
+        Some(Plan {
+            steps,
+            stages,
+            target,
+            platform: opts.platform.clone(),
+            unused_build_args: unused,
+        }),
+        diags,
+    )
+}
+
+struct Planner<'a> {
+    typed: &'a TypedDockerfile,
+    opts: &'a BuildOptions,
+    inputs: &'a dyn Inputs,
+    lexer: Lexer,
+    /// Global ARGs (before the first FROM) with their values, plus the platform args.
+    globals: BTreeMap<String, Option<String>>,
+    steps: Vec<Step>,
+    stages: Vec<Option<PlannedStage>>,
+    /// Stages being planned right now (a cycle through FROM/COPY --from is an error).
+    in_progress: BTreeSet<usize>,
+    used_args: BTreeSet<String>,
+    diags: Vec<Diagnostic>,
+}
+
+/// The state of one stage while its instructions are dispatched.
+struct StageState {
+    index: usize,
+    config: ImageConfig,
+    history: Vec<History>,
+    /// ARGs declared in the stage: name -> value (None: declared without a value).
+    args: BTreeMap<String, Option<String>>,
+    /// The last step of the stage so far.
+    last: usize,
+    /// Set by CMD in this stage (an ENTRYPOINT then keeps it).
+    cmd_set: bool,
+}
+
+impl<'a> Planner<'a> {
+    fn new(typed: &'a TypedDockerfile, opts: &'a BuildOptions, inputs: &'a dyn Inputs) -> Self {
+        let lexer = Lexer::new(if opts.escape == '`' { '`' } else { '\\' });
+        let mut p = Planner {
+            typed,
+            opts,
+            inputs,
+            lexer,
+            globals: BTreeMap::new(),
+            steps: Vec::new(),
+            stages: vec![None; typed.stages.len()],
+            in_progress: BTreeSet::new(),
+            used_args: BTreeSet::new(),
+            diags: Vec::new(),
+        };
+        let plat = &opts.platform;
+        for (k, v) in [
+            ("TARGETPLATFORM", plat.spec()),
+            ("TARGETOS", plat.os.clone()),
+            ("TARGETARCH", plat.architecture.clone()),
+            ("TARGETVARIANT", plat.variant.clone().unwrap_or_default()),
+            ("BUILDPLATFORM", plat.spec()),
+            ("BUILDOS", plat.os.clone()),
+            ("BUILDARCH", plat.architecture.clone()),
+            ("BUILDVARIANT", plat.variant.clone().unwrap_or_default()),
+        ] {
+            p.globals.insert(k.to_owned(), Some(v));
+        }
+        for arg in &typed.meta_args {
+            p.declare_args(arg, None);
+        }
+        p
+    }
+
+    fn error(&mut self, span: Span, msg: impl Into<String>, help: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::error("plan", span, msg).with_help(help));
+    }
+
+    fn target_index(&self) -> Result<usize, Diagnostic> {
+        let n = self.typed.stages.len();
+        if n == 0 {
+            return Err(Diagnostic::error(
+                "plan",
+                Span::default(),
+                "the Dockerfile has no build stage",
+            )
+            .with_help("start the Dockerfile with a FROM instruction"));
+        }
+        match &self.opts.target {
+            None => Ok(n - 1),
+            Some(t) => self.typed.stage(t).map(|(i, _)| i).ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .typed
+                    .stages
+                    .iter()
+                    .filter_map(|s| s.name.as_deref())
+                    .collect();
+                Diagnostic::error(
+                    "plan",
+                    Span::default(),
+                    format!("target stage {t:?} could not be found"),
+                )
+                .with_help(if names.is_empty() {
+                    "name a stage with `FROM image AS name`".to_owned()
+                } else {
+                    format!("the stages are: {}", names.join(", "))
+                })
+            }),
+        }
+    }
+
+    /// Declares ARGs in `stage` (or globally when `stage` is None).
+    fn declare_args(&mut self, arg: &Arg, mut stage: Option<&mut StageState>) {
+        for decl in &arg.args {
+            let name = decl.key.value.clone();
+            self.used_args.insert(name.clone());
+            let given = self.opts.build_args.get(&name).cloned();
+            let value = match (&given, &decl.value) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(default)) => {
+                    let env = match &stage {
+                        Some(s) => self.stage_env(s),
+                        None => self.global_env(),
+                    };
+                    self.expand_word(&default.value, default.span, &env)
+                }
+                // `ARG NAME` in a stage takes the global's value, like BuildKit.
+                (None, None) => match &stage {
+                    Some(_) => self.globals.get(&name).cloned().flatten(),
+                    None => None,
+                },
+            };
+            match stage.as_deref_mut() {
+                Some(s) => {
+                    s.args.insert(name, value);
+                }
+                None => {
+                    self.globals.insert(name, value);
+                }
+            }
+        }
+    }
+
+    fn global_env(&self) -> BTreeMap<String, String> {
+        self.globals
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// Variables for expansion inside a stage: the image's ENV, then the stage's ARGs.
+    fn stage_env(&self, s: &StageState) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = s.config.env_pairs().into_iter().collect();
+        for (k, v) in &s.args {
+            if let Some(v) = v {
+                // ENV set in the stage wins over ARG of the same name (Docker's rule).
+                env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        env
+    }
+
+    fn shell_error(&mut self, span: Span, e: ShellError) {
+        self.error(
+            span,
+            format!("cannot expand variables: {e}"),
+            "check the ${…} syntax; quote a literal $ as \\$",
+        );
+    }
+
+    fn expand_word(
+        &mut self,
+        word: &str,
+        span: Span,
+        env: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        match self.lexer.process_word(word, env) {
+            Ok(e) => Some(e.value),
+            Err(e) => {
+                self.shell_error(span, e);
+                None
+            }
+        }
+    }
+
+    fn expand(&mut self, w: &Word, env: &BTreeMap<String, String>) -> String {
+        self.expand_word(&w.value, w.span, env).unwrap_or_default()
+    }
+
+    fn expand_words(&mut self, w: &Word, env: &BTreeMap<String, String>) -> Vec<String> {
+        match self.lexer.process_words(&w.value, env) {
+            Ok(e) => e.value,
+            Err(e) => {
+                self.shell_error(w.span, e);
+                Vec::new()
+            }
+        }
+    }
+
+    fn push_step(&mut self, mut step: Step) -> usize {
+        step.id = self.steps.len();
+        self.steps.push(step);
+        self.steps.len() - 1
+    }
+
+    /// Plans stage `i` (once) and returns its last step.
+    fn plan_stage(&mut self, i: usize) -> Option<usize> {
+        if let Some(s) = &self.stages[i] {
+            return Some(s.last);
+        }
+        let stage: &'a Stage = &self.typed.stages[i];
+        if !self.in_progress.insert(i) {
+            self.error(
+                stage.span,
+                format!(
+                    "stage {} depends on itself",
+                    stage.name.as_deref().unwrap_or(&i.to_string())
+                ),
+                "break the cycle of FROM / COPY --from references between stages",
+            );
+            return None;
+        }
+        let result = self.plan_stage_inner(i, stage);
+        self.in_progress.remove(&i);
+        result
+    }
+
+    fn plan_stage_inner(&mut self, i: usize, stage: &'a Stage) -> Option<usize> {
+        if stage.unikernel {
+            self.error(
+                stage.span,
+                "building unikernel stages is not supported yet",
+                "build a container stage as the target with --target",
+            );
+            return None;
+        }
+        let genv = self.global_env();
+        let base_ref = self.expand(&stage.from.base, &genv);
+        if let Some(p) = &stage.from.platform {
+            let plat = self.expand(p, &genv);
+            if !plat.is_empty() && plat != self.opts.platform.spec() {
+                self.error(
+                    p.span,
+                    format!("platform {plat} is not supported: this build makes linux/amd64"),
+                    "remove --platform or set it to linux/amd64 ($BUILDPLATFORM)",
+                );
+            }
+        }
+        let (op, parent, config, history, base_key_input) = if base_ref == "scratch" {
+            (
+                Op::Scratch,
+                None,
+                ImageConfig::default(),
+                Vec::new(),
+                "scratch".to_owned(),
+            )
+        } else if let Some((si, _)) = self.typed.stage(&base_ref).filter(|(si, _)| *si < i) {
+            let last = self.plan_stage(si)?;
+            let base = self.stages[si].as_ref()?;
+            (
+                Op::Stage(si),
+                Some(last),
+                base.config.clone(),
+                base.history.clone(),
+                format!("stage {}", self.steps[last].key),
+            )
+        } else {
+            match self.inputs.image(&base_ref) {
+                Ok(img) => {
+                    let BaseImage {
+                        manifest,
+                        config,
+                        history,
+                        ..
+                    } = img;
+                    (
+                        Op::Image {
+                            reference: base_ref.clone(),
+                            manifest: manifest.clone(),
+                        },
+                        None,
+                        config,
+                        history,
+                        manifest,
+                    )
+                }
+                Err(e) => {
+                    self.error(
+                        stage.from.base.span,
+                        format!("base image {base_ref:?}: {e}"),
+                        "build it first with -t, or use oci-layout://DIR, docker-archive://FILE \
+                         or oci-archive://FILE",
+                    );
+                    return None;
+                }
+            }
+        };
+        let mut h = KeyHasher::new("from");
+        h.str(&base_key_input).str(&self.opts.platform.spec());
+        let first = self.push_step(Step {
+            id: 0,
+            key: h.finish(),
+            op,
+            parent,
+            deps: Vec::new(),
+            stage: i,
+            span: stage.span,
+            created_by: format!("FROM {base_ref}"),
+            layer: false,
+            inputs: vec![("base".into(), base_key_input)],
+        });
+        let mut st = StageState {
+            index: i,
+            config,
+            history,
+            args: BTreeMap::new(),
+            last: first,
+            cmd_set: false,
+        };
+        // The base's ONBUILD triggers run first, and are not inherited further.
+        let triggers = std::mem::take(&mut st.config.onbuild);
+        for t in triggers {
+            self.run_trigger(&mut st, &t, stage.span);
+        }
+        for ins in &stage.instructions {
+            self.dispatch(&mut st, ins);
+        }
+        self.stages[i] = Some(PlannedStage {
+            index: i,
+            name: stage.name.clone(),
+            first,
+            last: st.last,
+            config: st.config,
+            history: st.history,
+            unikernel: stage.unikernel,
+        });
+        Some(st.last)
+    }
+
+    fn run_trigger(&mut self, st: &mut StageState, expr: &str, span: Span) {
+        let parsed = imgbuild_parser::parse(expr, span.file);
+        let Some(node) = parsed.ast.children.first() else {
+            self.error(
+                span,
+                format!("the base image's ONBUILD trigger {expr:?} does not parse"),
+                "rebuild the base image with a valid ONBUILD instruction",
+            );
+            return;
+        };
+        let (ins, diags) = instructions::parse_instruction(node);
+        if let Some(d) = diags.iter().find(|d| d.is_error()) {
+            self.error(
+                span,
+                format!("the base image's ONBUILD trigger {expr:?}: {}", d.message),
+                "rebuild the base image with a valid ONBUILD instruction",
+            );
+            return;
+        }
+        if let Some(mut ins) = ins {
+            // Spans inside the trigger refer to its own text; point them at the FROM instead.
+            relocate(&mut ins, span);
+            self.dispatch(st, &ins);
+        }
+    }
+
+    /// Mixes a metadata change into the chain: what follows gets a new key.
+    fn meta(&mut self, st: &mut StageState, span: Span, created_by: String) {
+        let parent = st.last;
+        let key = KeyHasher::new("meta")
+            .key(&self.steps[parent].key)
+            .str(&created_by)
+            .finish();
+        st.history.push(History {
+            created_by: created_by.clone(),
+            empty_layer: true,
+            comment: HISTORY_COMMENT.into(),
+        });
+        st.last = self.push_step(Step {
+            id: 0,
+            key,
+            op: Op::Meta,
+            parent: Some(parent),
+            deps: Vec::new(),
+            stage: st.index,
+            span,
+            created_by: created_by.clone(),
+            layer: false,
+            inputs: vec![("change".into(), created_by)],
+        });
+    }
+
+    /// Appends a layer-producing step to the stage.
+    fn layer_step(&mut self, st: &mut StageState, l: LayerStep) {
+        let LayerStep {
+            span,
+            op,
+            key,
+            deps,
+            created_by,
+            inputs,
+        } = l;
+        st.history.push(History {
+            created_by: created_by.clone(),
+            empty_layer: false,
+            comment: HISTORY_COMMENT.into(),
+        });
+        let parent = st.last;
+        st.last = self.push_step(Step {
+            id: 0,
+            key,
+            op,
+            parent: Some(parent),
+            deps,
+            stage: st.index,
+            span,
+            created_by,
+            layer: true,
+            inputs,
+        });
+    }
+
+    fn dispatch(&mut self, st: &mut StageState, ins: &Instruction) {
+        let env = self.stage_env(st);
+        match ins {
+            Instruction::From(_) | Instruction::Include(_) => {}
+            Instruction::Arg(a) => self.declare_args(a, Some(st)),
+            Instruction::Env(e) => {
+                let mut pairs = Vec::new();
+                for kv in &e.vars {
+                    let k = self.expand(&kv.key, &env);
+                    let v = self.expand(&kv.value, &env);
+                    pairs.push((k, v));
+                }
+                let mut text = String::from("ENV");
+                for (k, v) in &pairs {
+                    st.config.set_env(k, v);
+                    text.push_str(&format!(" {k}={v}"));
+                }
+                self.meta(st, e.span, text);
+            }
+            Instruction::Label(l) => {
+                let mut text = String::from("LABEL");
+                for kv in &l.labels {
+                    let k = self.expand(&kv.key, &env);
+                    let v = self.expand(&kv.value, &env);
+                    text.push_str(&format!(" {k}={v}"));
+                    st.config.labels.insert(k, v);
+                }
+                self.meta(st, l.span, text);
+            }
+            Instruction::Maintainer(m) => {
+                st.config.author = m.name.value.clone();
+                self.meta(st, m.span, format!("MAINTAINER {}", m.name.value));
+            }
+            Instruction::User(u) => {
+                let mut user = self.expand(&u.user, &env);
+                if let Some(g) = &u.group {
+                    user = format!("{user}:{}", self.expand(g, &env));
+                }
+                st.config.user = user.clone();
+                self.meta(st, u.span, format!("USER {user}"));
+            }
+            Instruction::Workdir(w) => {
+                let path = self.expand(&w.path, &env);
+                let wd = join_workdir(&st.config.working_dir, &path);
+                st.config.working_dir = wd.clone();
+                if wd == "/" {
+                    self.meta(st, w.span, format!("WORKDIR {wd}"));
+                } else {
+                    let user = st.config.user.clone();
+                    let key = KeyHasher::new("mkdir")
+                        .key(&self.steps[st.last].key)
+                        .str(&wd)
+                        .str(&user)
+                        .finish();
+                    let inputs = vec![
+                        ("parent".into(), self.steps[st.last].key.hex()),
+                        ("path".into(), wd.clone()),
+                        ("user".into(), user.clone()),
+                    ];
+                    self.layer_step(
+                        st,
+                        LayerStep {
+                            span: w.span,
+                            op: Op::Mkdir {
+                                path: wd.clone(),
+                                user,
+                            },
+                            key,
+                            deps: Vec::new(),
+                            created_by: format!("WORKDIR {wd}"),
+                            inputs,
+                        },
+                    );
+                }
+            }
+            Instruction::Cmd(c) => {
+                let args = self.command(&c.command, &st.config);
+                let text = format!("CMD {}", go_list(&args));
+                st.config.cmd = Some(args);
+                st.cmd_set = true;
+                self.meta(st, c.span, text);
+            }
+            Instruction::Entrypoint(e) => {
+                let args = self.command(&e.command, &st.config);
+                let text = format!("ENTRYPOINT {}", go_list(&args));
+                st.config.entrypoint = Some(args);
+                // An ENTRYPOINT resets a CMD inherited from the base image.
+                if !st.cmd_set {
+                    st.config.cmd = None;
+                }
+                self.meta(st, e.span, text);
+            }
+            Instruction::Shell(s) => {
+                let shell: Vec<String> = s.shell.iter().map(|w| w.value.clone()).collect();
+                let text = format!("SHELL {}", go_list(&shell));
+                st.config.shell = Some(shell);
+                self.meta(st, s.span, text);
+            }
+            Instruction::StopSignal(s) => {
+                let sig = self.expand(&s.signal, &env);
+                st.config.stop_signal = sig.clone();
+                self.meta(st, s.span, format!("STOPSIGNAL {sig}"));
+            }
+            Instruction::Volume(v) => {
+                let mut text = String::from("VOLUME");
+                for w in &v.paths {
+                    for p in self.expand_words(w, &env) {
+                        text.push_str(&format!(" {p}"));
+                        st.config.volumes.insert(p);
+                    }
+                }
+                self.meta(st, v.span, text);
+            }
+            Instruction::Expose(e) => {
+                let mut keys = Vec::new();
+                for port in &e.ports {
+                    for w in self.expand_words(&port.raw, &env) {
+                        match instructions::parse_port(&w) {
+                            Ok(spec) => keys.extend(spec.keys()),
+                            Err(msg) => self.error(
+                                port.raw.span,
+                                format!("invalid port {w:?}: {msg}"),
+                                "write a port as 80, 80/udp or a range 8000-8010/tcp",
+                            ),
+                        }
+                    }
+                }
+                let text = format!("EXPOSE {}", keys.join(" "));
+                st.config.exposed_ports.extend(keys);
+                self.meta(st, e.span, text);
+            }
+            Instruction::Healthcheck(h) => {
+                st.config.healthcheck = Some(Healthcheck {
+                    test: h.test.clone(),
+                    interval: h.interval,
+                    timeout: h.timeout,
+                    start_period: h.start_period,
+                    start_interval: h.start_interval,
+                    retries: h.retries,
+                });
+                self.meta(st, h.span, format!("HEALTHCHECK {}", go_list(&h.test)));
+            }
+            Instruction::Onbuild(o) => {
+                st.config.onbuild.push(o.expression.clone());
+                self.meta(st, o.span, format!("ONBUILD {}", o.expression));
+            }
+            Instruction::Copy(c) => self.copy(st, CopyIns::Copy(c), &env),
+            Instruction::Add(a) => self.copy(st, CopyIns::Add(a), &env),
+            Instruction::Run(r) => self.run(st, r, &env),
+            Instruction::App(a) => self.error(
+                a.span,
+                "APP is only meaningful in a unikernel stage",
+                "start the stage with FROM unikernel",
+            ),
+            Instruction::Module(m) => self.error(
+                m.span,
+                "MODULE is only meaningful in a unikernel stage",
+                "start the stage with FROM unikernel",
+            ),
+        }
+    }
+
+    /// The argv of CMD / ENTRYPOINT / RUN: exec form as written, shell form through SHELL.
+    fn command(&self, c: &CommandLine, config: &ImageConfig) -> Vec<String> {
+        let values = c.values();
+        if c.prepend_shell {
+            let mut argv = config.shell_or_default();
+            argv.push(values.join(" "));
+            argv
+        } else {
+            values
+        }
+    }
+
+    fn copy(&mut self, st: &mut StageState, ins: CopyIns, env: &BTreeMap<String, String>) {
+        let (span, files, chown, chmod, link, excludes, add) = match ins {
+            CopyIns::Copy(c) => (
+                c.span,
+                &c.files,
+                c.chown.as_ref(),
+                c.chmod.as_ref(),
+                c.link,
+                &c.excludes,
+                false,
+            ),
+            CopyIns::Add(a) => (
+                a.span,
+                &a.files,
+                a.chown.as_ref(),
+                a.chmod.as_ref(),
+                a.link,
+                &a.excludes,
+                true,
+            ),
+        };
+        let sources: Vec<String> = files.sources.iter().map(|w| self.expand(w, env)).collect();
+        let dest_raw = self.expand(&files.dest, env);
+        let dest = absolute_dest(&st.config.working_dir, &dest_raw);
+        let chown = chown.map(|w| self.expand(w, env));
+        let chmod = chmod.map(|w| self.expand(w, env));
+        let excludes: Vec<String> = excludes.iter().map(|w| self.expand(w, env)).collect();
+        let contents: Vec<(String, String)> = files
+            .contents
+            .iter()
+            .map(|c| {
+                let data = if c.expand {
+                    self.expand_word(&c.data, c.span, env)
+                        .unwrap_or_else(|| c.data.clone())
+                } else {
+                    c.data.clone()
+                };
+                (c.path.clone(), data)
+            })
+            .collect();
+        let (parents, from, checksum, unpack, keep_git_dir) = match ins {
+            CopyIns::Copy(c) => (c.parents, c.from.as_ref(), None, None, None),
+            CopyIns::Add(a) => (
+                false,
+                None,
+                a.checksum.as_ref().map(|w| self.expand(w, env)),
+                a.unpack,
+                a.keep_git_dir,
+            ),
+        };
+
+        let mut inputs: Vec<(String, String)> = Vec::new();
+        let mut deps = Vec::new();
+        let mut h = KeyHasher::new(if add { "add" } else { "copy" });
+        // --link layers do not depend on what is below them.
+        if !link {
+            h.key(&self.steps[st.last].key);
+            inputs.push(("parent".into(), self.steps[st.last].key.hex()));
+        }
+        let source = match from {
+            None => {
+                let urls: Vec<&String> = sources.iter().filter(|s| is_url(s)).collect();
+                if let Some(u) = urls.first() {
+                    self.error(
+                        span,
+                        format!("ADD of a URL ({u}) is not supported yet"),
+                        "download the file in an earlier stage, or COPY it from the context",
+                    );
+                    return;
+                }
+                if !sources.is_empty() {
+                    let q = ContextQuery {
+                        sources: sources.clone(),
+                        excludes: excludes.clone(),
+                        include_mode: chmod.is_none(),
+                    };
+                    match self.inputs.context(&q) {
+                        Ok(sel) => {
+                            h.str("context").str(&sel.digest);
+                            inputs.extend(
+                                sel.files.into_iter().map(|(p, d)| (format!("file {p}"), d)),
+                            );
+                        }
+                        Err(e) => {
+                            self.error(span, e, "check the source paths and the .dockerignore");
+                            return;
+                        }
+                    }
+                }
+                CopySource::Context
+            }
+            Some(w) => {
+                let name = self.expand(w, env);
+                match self.resolve_from(st.index, &name, w.span) {
+                    Some(FromRef::Stage(si, last)) => {
+                        deps.push(last);
+                        let k = self.steps[last].key;
+                        h.str("stage").key(&k);
+                        inputs.push((format!("stage {name}"), k.hex()));
+                        CopySource::Stage(si)
+                    }
+                    Some(FromRef::Image(img)) => {
+                        h.str("image").str(&img.manifest);
+                        inputs.push((format!("image {name}"), img.manifest.clone()));
+                        CopySource::Image {
+                            reference: name,
+                            manifest: img.manifest,
+                        }
+                    }
+                    None => return,
+                }
+            }
+        };
+        h.list(sources.iter().map(String::as_str))
+            .u64(contents.len() as u64);
+        for (n, d) in &contents {
+            h.str(n).str(d);
+        }
+        h.str(&dest)
+            .opt(chown.as_deref())
+            .opt(chmod.as_deref())
+            .bool(link)
+            .bool(parents)
+            .list(excludes.iter().map(String::as_str))
+            .opt(checksum.as_deref())
+            .opt(unpack.map(|b| if b { "1" } else { "0" }))
+            .opt(keep_git_dir.map(|b| if b { "1" } else { "0" }));
+        let mut created_by = String::from(if add { "ADD" } else { "COPY" });
+        if parents {
+            created_by.push_str(" --parents");
+        }
+        if let Some(c) = &chown {
+            created_by.push_str(&format!(" --chown={c}"));
+        }
+        if let Some(c) = &chmod {
+            created_by.push_str(&format!(" --chmod={c}"));
+        }
+        for s in &sources {
+            created_by.push_str(&format!(" {s}"));
+        }
+        for (n, _) in &contents {
+            created_by.push_str(&format!(" <<{n}"));
+        }
+        created_by.push_str(&format!(" {dest_raw}"));
+        inputs.push(("dest".into(), dest.clone()));
+        let op = Op::Copy(CopyOp {
+            add,
+            source,
+            sources,
+            contents,
+            dest,
+            chown,
+            chmod,
+            link,
+            parents,
+            excludes,
+            checksum,
+            unpack,
+            keep_git_dir,
+        });
+        let key = h.finish();
+        self.layer_step(
+            st,
+            LayerStep {
+                span,
+                op,
+                key,
+                deps,
+                created_by,
+                inputs,
+            },
+        );
+    }
+
+    fn resolve_from(&mut self, current: usize, name: &str, span: Span) -> Option<FromRef> {
+        let by_index = name.parse::<usize>().ok();
+        let stage = match by_index {
+            Some(n) => Some(n),
+            None => self.typed.stage(name).map(|(i, _)| i),
+        };
+        if let Some(si) = stage {
+            if si >= current {
+                self.error(
+                    span,
+                    format!("stage {name:?} is not defined before this one"),
+                    "a stage can only copy from stages defined above it",
+                );
+                return None;
+            }
+            return self.plan_stage(si).map(|last| FromRef::Stage(si, last));
+        }
+        if by_index.is_some() {
+            self.error(
+                span,
+                format!("there is no stage {name}"),
+                "stage indexes count FROM instructions from 0",
+            );
+            return None;
+        }
+        match self.inputs.image(name) {
+            Ok(img) => Some(FromRef::Image(Box::new(img))),
+            Err(e) => {
+                self.error(
+                    span,
+                    format!("--from={name}: no stage of that name, and as an image: {e}"),
+                    "name a stage defined above, or an image in the store",
+                );
+                None
+            }
+        }
+    }
+
+    fn run(&mut self, st: &mut StageState, r: &Run, env: &BTreeMap<String, String>) {
+        let args = self.command(&r.command, &st.config);
+        // RUN sees the image's ENV and the ARGs in scope (ENV wins on a clash).
+        let mut run_env = st.config.env.clone();
+        let mut arg_text = Vec::new();
+        for (k, v) in &st.args {
+            if let Some(v) = v
+                && st.config.get_env(k).is_none()
+            {
+                run_env.push(format!("{k}={v}"));
+                arg_text.push(format!("{k}={v}"));
+            }
+        }
+        let mut mounts = Vec::new();
+        for m in &r.mounts {
+            mounts.push(
+                self.expand_word(&m.raw, m.span, env)
+                    .unwrap_or_else(|| m.raw.clone()),
+            );
+        }
+        let files: Vec<(String, String, bool)> = r
+            .command
+            .files
+            .iter()
+            .map(|f| (f.name.clone(), f.data.clone(), f.chomp))
+            .collect();
+        let cache = r.cache.as_ref().map(|c| match c {
+            RunCache::Never { .. } => "never".to_owned(),
+            RunCache::Ttl { nanos, .. } => format!("ttl={nanos}ns"),
+        });
+        let op = RunOp {
+            args: args.clone(),
+            files,
+            env: run_env,
+            user: st.config.user.clone(),
+            workdir: st.config.working_dir.clone(),
+            mounts,
+            network: format!("{:?}", r.network).to_lowercase(),
+            security: format!("{:?}", r.security).to_lowercase(),
+            cache,
+        };
+        let mut h = KeyHasher::new("run");
+        h.key(&self.steps[st.last].key)
+            .list(op.args.iter().map(String::as_str))
+            .list(op.env.iter().map(String::as_str))
+            .str(&op.user)
+            .str(&op.workdir)
+            .list(op.mounts.iter().map(String::as_str))
+            .str(&op.network)
+            .str(&op.security)
+            .opt(op.cache.as_deref())
+            .u64(op.files.len() as u64);
+        for (n, d, c) in &op.files {
+            h.str(n).str(d).bool(*c);
+        }
+        let mut created_by = String::from("RUN ");
+        if !arg_text.is_empty() {
+            created_by.push_str(&format!("|{} {} ", arg_text.len(), arg_text.join(" ")));
+        }
+        created_by.push_str(&args.join(" "));
+        let inputs = vec![
+            ("parent".into(), self.steps[st.last].key.hex()),
+            ("command".into(), args.join(" ")),
+            ("env".into(), op.env.join(" ")),
+        ];
+        let key = h.finish();
+        self.layer_step(
+            st,
+            LayerStep {
+                span: r.span,
+                op: Op::Run(op),
+                key,
+                deps: Vec::new(),
+                created_by,
+                inputs,
+            },
+        );
+    }
+}
+
+enum CopyIns<'a> {
+    Copy(&'a Copy),
+    Add(&'a Add),
+}
+
+enum FromRef {
+    Stage(usize, usize),
+    Image(Box<BaseImage>),
+}
+
+/// What [`Planner::layer_step`] needs to add a step.
+struct LayerStep {
+    span: Span,
+    op: Op,
+    key: Key,
+    deps: Vec<usize>,
+    created_by: String,
+    inputs: Vec<(String, String)>,
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@")
+}
+
+/// Go's `%q` of a string slice: `["a" "b"]`, as BuildKit writes CMD and friends in history.
+fn go_list(items: &[String]) -> String {
+    let q: Vec<String> = items
+        .iter()
+        .map(|s| imgbuild_parser::golang::quote(s))
+        .collect();
+    format!("[{}]", q.join(" "))
+}
+
+/// Cleans an absolute path lexically (`.` and `..` folded, no trailing slash but for `/`).
+pub(crate) fn clean_abs(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// WORKDIR semantics: a relative path is relative to the current working directory.
+fn join_workdir(current: &str, path: &str) -> String {
+    if path.starts_with('/') {
+        clean_abs(path)
+    } else {
+        let base = if current.is_empty() { "/" } else { current };
+        clean_abs(&format!("{base}/{path}"))
+    }
+}
+
+/// A COPY destination made absolute against the working directory; a trailing `/` (or a
+/// destination of `.`/`..`-ending forms that name a directory) is kept as the "directory" mark.
+fn absolute_dest(workdir: &str, dest: &str) -> String {
+    let dir_mark = dest.ends_with('/')
+        || dest == "."
+        || dest.ends_with("/.")
+        || dest == ".."
+        || dest.ends_with("/..");
+    let abs = join_workdir(workdir, dest);
+    if dir_mark && abs != "/" {
+        format!("{abs}/")
+    } else {
+        abs
+    }
+}
+
+/// Points every span of an instruction parsed from a trigger at `span`.
+fn relocate(ins: &mut Instruction, span: Span) {
+    // The typed structs keep spans in many places; the ones diagnostics use are the
+    // instruction's own and its words'. Re-parsing is cheap, so rebuild through serde-free
+    // matching of the few that matter.
+    match ins {
+        Instruction::Copy(c) => {
+            c.span = span;
+            for w in c.files.sources.iter_mut().chain([&mut c.files.dest]) {
+                w.span = span;
+            }
+        }
+        Instruction::Add(a) => {
+            a.span = span;
+            for w in a.files.sources.iter_mut().chain([&mut a.files.dest]) {
+                w.span = span;
+            }
+        }
+        Instruction::Run(r) => r.span = span,
+        Instruction::Env(e) => {
+            e.span = span;
+            for kv in &mut e.vars {
+                kv.key.span = span;
+                kv.value.span = span;
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(join_workdir("", "app"), "/app");
+        assert_eq!(join_workdir("/app", "../x/./y/"), "/x/y");
+        assert_eq!(absolute_dest("/app", "."), "/app/");
+        assert_eq!(absolute_dest("/app", "sub/"), "/app/sub/");
+        assert_eq!(absolute_dest("/app", "f"), "/app/f");
+        assert_eq!(absolute_dest("", "/"), "/");
+        assert_eq!(go_list(&["a b".into(), "\"".into()]), r#"["a b" "\""]"#);
+    }
+}

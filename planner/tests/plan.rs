@@ -1,0 +1,323 @@
+//! Planner behaviour on small Dockerfiles with fixed inputs: stages, scoping, keys.
+
+use imgbuild_parser::instructions::typed;
+use imgbuild_parser::parse;
+use imgbuild_planner::{
+    BaseImage, BuildOptions, ContextQuery, ContextSelection, CopySource, ImageConfig, Inputs, Op,
+    Plan, plan,
+};
+use std::collections::BTreeMap;
+
+/// Context files (path -> content digest) and images (name -> config) the tests control.
+#[derive(Default, Clone)]
+struct Fixed {
+    files: BTreeMap<String, String>,
+    images: BTreeMap<String, ImageConfig>,
+}
+
+impl Inputs for Fixed {
+    fn image(&self, reference: &str) -> Result<BaseImage, String> {
+        let config = self
+            .images
+            .get(reference)
+            .cloned()
+            .ok_or_else(|| "not in the image store".to_string())?;
+        Ok(BaseImage {
+            reference: reference.into(),
+            manifest: format!("sha256:{:0>64}", reference.len()),
+            config,
+            history: Vec::new(),
+        })
+    }
+
+    fn context(&self, q: &ContextQuery) -> Result<ContextSelection, String> {
+        let mut files = Vec::new();
+        for s in &q.sources {
+            let s = s.trim_start_matches("./");
+            let matched: Vec<_> = self
+                .files
+                .iter()
+                .filter(|(p, _)| s == "." || *p == s || p.starts_with(&format!("{s}/")))
+                .collect();
+            if matched.is_empty() {
+                return Err(format!("{s}: not found"));
+            }
+            files.extend(matched.into_iter().map(|(p, d)| (p.clone(), d.clone())));
+        }
+        let digest = files
+            .iter()
+            .map(|(p, d)| format!("{p}={d}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(ContextSelection {
+            digest: format!("{digest};mode={}", q.include_mode),
+            files,
+        })
+    }
+}
+
+fn inputs() -> Fixed {
+    let mut f = Fixed::default();
+    f.files.insert("a.txt".into(), "1".into());
+    f.files.insert("src/main.c".into(), "2".into());
+    f.files.insert("src/util.c".into(), "3".into());
+    let mut alpine = ImageConfig::default();
+    alpine.set_env("PATH", "/usr/bin:/bin");
+    alpine.cmd = Some(vec!["/bin/sh".into()]);
+    f.images.insert("alpine".into(), alpine);
+    let onbuild = ImageConfig {
+        onbuild: vec!["COPY a.txt /from-trigger".into(), "ENV T=1".into()],
+        ..Default::default()
+    };
+    f.images.insert("with-onbuild".into(), onbuild);
+    f
+}
+
+fn try_plan(src: &str, opts: &BuildOptions, inputs: &Fixed) -> Result<Plan, String> {
+    let parsed = parse(src, 0);
+    assert!(!parsed.has_errors(), "{:?}", parsed.diagnostics);
+    let (t, d) = typed(&parsed.ast);
+    assert!(d.iter().all(|d| !d.is_error()), "{d:?}");
+    let (p, diags) = plan(&t, opts, inputs);
+    p.ok_or_else(|| {
+        diags
+            .iter()
+            .map(|d| d.message.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+fn plan_ok(src: &str) -> Plan {
+    try_plan(src, &BuildOptions::default(), &inputs()).unwrap()
+}
+
+fn keys(p: &Plan) -> Vec<String> {
+    p.steps.iter().map(|s| s.key.hex()).collect()
+}
+
+#[test]
+fn simple_image_config() {
+    let p = plan_ok(
+        "FROM alpine\nENV A=1 B=$A\nWORKDIR app\nUSER nobody\nEXPOSE 80 53/udp\nLABEL x=\"y z\"\nCMD [\"run\"]\nENTRYPOINT [\"/e\"]\nCOPY a.txt .\n",
+    );
+    let c = &p.target_stage().config;
+    // Values of one ENV see the environment before it.
+    assert_eq!(c.env, ["PATH=/usr/bin:/bin", "A=1", "B="]);
+    assert_eq!(c.working_dir, "/app");
+    assert_eq!(c.user, "nobody");
+    assert_eq!(
+        c.exposed_ports.iter().collect::<Vec<_>>(),
+        ["53/udp", "80/tcp"]
+    );
+    assert_eq!(c.labels["x"], "y z");
+    // CMD set in this stage survives the ENTRYPOINT that follows it.
+    assert_eq!(c.cmd.as_deref(), Some(&["run".to_string()][..]));
+    assert_eq!(c.entrypoint.as_deref(), Some(&["/e".to_string()][..]));
+    let Op::Copy(copy) = &p.steps.last().unwrap().op else {
+        panic!()
+    };
+    assert_eq!(copy.dest, "/app/");
+    assert_eq!(copy.source, CopySource::Context);
+    let layers: Vec<_> = p
+        .steps
+        .iter()
+        .filter(|s| s.layer)
+        .map(|s| s.created_by.as_str())
+        .collect();
+    assert_eq!(layers, ["WORKDIR /app", "COPY a.txt ."]);
+}
+
+#[test]
+fn entrypoint_resets_inherited_cmd() {
+    let p = plan_ok("FROM alpine\nENTRYPOINT [\"/e\"]\n");
+    assert_eq!(p.target_stage().config.cmd, None);
+    let p = plan_ok("FROM alpine\nCMD echo hi\n");
+    assert_eq!(
+        p.target_stage().config.cmd.as_deref(),
+        Some(&["/bin/sh".to_string(), "-c".into(), "echo hi".into()][..])
+    );
+}
+
+#[test]
+fn keys_are_deterministic_and_content_addressed() {
+    let src = "FROM alpine\nCOPY src /src\nENV X=1\nCOPY a.txt /\n";
+    let a = plan_ok(src);
+    assert_eq!(keys(&a), keys(&plan_ok(src)));
+
+    // Changing src/util.c changes the first COPY and everything after it, not the FROM.
+    let mut changed = inputs();
+    changed.files.insert("src/util.c".into(), "33".into());
+    let b = try_plan(src, &BuildOptions::default(), &changed).unwrap();
+    assert_eq!(a.steps[0].key, b.steps[0].key);
+    for i in 1..a.steps.len() {
+        assert_ne!(a.steps[i].key, b.steps[i].key, "step {i}");
+    }
+    // ...and the explain inputs name the file.
+    let old: Vec<_> = a.steps[1].inputs.iter().collect();
+    let new: Vec<_> = b.steps[1].inputs.iter().collect();
+    let diff: Vec<_> = new.iter().filter(|i| !old.contains(i)).collect();
+    assert_eq!(diff.len(), 1);
+    assert_eq!(diff[0].0, "file src/util.c");
+
+    // A metadata change re-keys what follows it, not what precedes it.
+    let c = plan_ok("FROM alpine\nCOPY src /src\nENV X=2\nCOPY a.txt /\n");
+    assert_eq!(a.steps[1].key, c.steps[1].key);
+    assert_ne!(a.steps[3].key, c.steps[3].key);
+}
+
+#[test]
+fn link_layers_do_not_depend_on_their_parent() {
+    let a = plan_ok("FROM alpine\nCOPY --link a.txt /\n");
+    let b = plan_ok("FROM alpine\nENV Z=1\nCOPY --link a.txt /\n");
+    assert_eq!(a.steps.last().unwrap().key, b.steps.last().unwrap().key);
+    let c = plan_ok("FROM alpine\nENV Z=1\nCOPY a.txt /\n");
+    assert_ne!(b.steps.last().unwrap().key, c.steps.last().unwrap().key);
+}
+
+#[test]
+fn chmod_leaves_source_modes_out_of_the_key() {
+    let p = plan_ok("FROM alpine\nCOPY --chmod=755 a.txt /\n");
+    let Op::Copy(c) = &p.steps.last().unwrap().op else {
+        panic!()
+    };
+    assert_eq!(c.chmod.as_deref(), Some("755"));
+    assert!(
+        p.steps
+            .last()
+            .unwrap()
+            .inputs
+            .iter()
+            .any(|(k, _)| k == "file a.txt")
+    );
+}
+
+#[test]
+fn args_scoping_and_build_args() {
+    let src = "ARG TAG=alpine\nARG UNUSED_GLOBAL\nFROM $TAG\nARG TAG\nARG LOCAL=l1\nENV FROM_TAG=$TAG LOCAL=$LOCAL\nRUN echo $LOCAL\n";
+    let p = plan_ok(src);
+    let c = &p.target_stage().config;
+    assert_eq!(c.get_env("FROM_TAG"), Some("alpine"));
+    assert_eq!(c.get_env("LOCAL"), Some("l1"));
+
+    let mut opts = BuildOptions::default();
+    opts.build_args.insert("LOCAL".into(), "given".into());
+    opts.build_args.insert("NOBODY".into(), "x".into());
+    opts.build_args
+        .insert("HTTP_PROXY".into(), "http://p".into());
+    let p = try_plan(src, &opts, &inputs()).unwrap();
+    assert_eq!(p.target_stage().config.get_env("LOCAL"), Some("given"));
+    // Proxy args are predefined, so only NOBODY was not consumed.
+    assert_eq!(p.unused_build_args, ["NOBODY"]);
+
+    // A global ARG is not visible in a stage until it is declared there.
+    let p = plan_ok("ARG V=1\nFROM alpine\nENV A=$V\nARG V\nENV B=$V\n");
+    let c = &p.target_stage().config;
+    assert_eq!((c.get_env("A"), c.get_env("B")), (Some(""), Some("1")));
+    // Platform args are there for FROM and when declared in a stage.
+    let p = plan_ok("FROM alpine\nARG TARGETARCH\nENV ARCH=$TARGETARCH\n");
+    assert_eq!(p.target_stage().config.get_env("ARCH"), Some("amd64"));
+}
+
+#[test]
+fn run_env_and_keys() {
+    let a = plan_ok("FROM alpine\nARG V=1\nRUN make\n");
+    let b = plan_ok("FROM alpine\nARG V=2\nRUN make\n");
+    assert_ne!(a.steps.last().unwrap().key, b.steps.last().unwrap().key);
+    let Op::Run(r) = &a.steps.last().unwrap().op else {
+        panic!()
+    };
+    assert_eq!(r.args, ["/bin/sh", "-c", "make"]);
+    assert!(r.env.contains(&"V=1".to_string()));
+    assert_eq!(
+        a.steps.last().unwrap().created_by,
+        "RUN |1 V=1 /bin/sh -c make"
+    );
+}
+
+#[test]
+fn multi_stage_target_and_dependencies() {
+    let src = "FROM alpine AS base\nENV B=1\nFROM base AS build\nCOPY src /src\nFROM alpine AS unused\nCOPY a.txt /\nFROM scratch\nCOPY --from=build /src /out\nCOPY --from=0 /etc /etc\n";
+    let p = plan_ok(src);
+    assert_eq!(p.target, 3);
+    assert!(p.stages[2].is_none(), "an unneeded stage is not planned");
+    assert!(p.stages[0].is_some() && p.stages[1].is_some());
+    let last = p.steps.last().unwrap();
+    let Op::Copy(c) = &last.op else { panic!() };
+    assert_eq!(c.source, CopySource::Stage(0));
+    // FROM base continues base's chain and config.
+    let build = p.stages[1].as_ref().unwrap();
+    assert_eq!(build.config.get_env("B"), Some("1"));
+    let chain = p.chain(build.last);
+    assert_eq!(chain[0], p.stages[0].as_ref().unwrap().first);
+    // The DAG has the --from edges.
+    let g = p.graph();
+    assert_eq!(g.node_count(), p.steps.len());
+    assert!(petgraph::algo::toposort(&g, None).is_ok());
+
+    let mut opts = BuildOptions {
+        target: Some("build".into()),
+        ..Default::default()
+    };
+    let p = try_plan(src, &opts, &inputs()).unwrap();
+    assert_eq!(p.target, 1);
+    assert!(p.stages[3].is_none());
+    opts.target = Some("nope".into());
+    let e = try_plan(src, &opts, &inputs()).unwrap_err();
+    assert!(
+        e.contains("target stage \"nope\" could not be found"),
+        "{e}"
+    );
+}
+
+#[test]
+fn onbuild_triggers_run_after_from() {
+    let p = plan_ok("FROM with-onbuild\nCOPY src /src\n");
+    let created: Vec<_> = p.steps.iter().map(|s| s.created_by.as_str()).collect();
+    assert_eq!(
+        created,
+        [
+            "FROM with-onbuild",
+            "COPY a.txt /from-trigger",
+            "ENV T=1",
+            "COPY src /src"
+        ]
+    );
+    assert!(p.target_stage().config.onbuild.is_empty());
+}
+
+#[test]
+fn errors_are_reported() {
+    let e = try_plan("FROM nothere\n", &BuildOptions::default(), &inputs()).unwrap_err();
+    assert!(
+        e.contains("base image \"nothere\": not in the image store"),
+        "{e}"
+    );
+    let e = try_plan(
+        "FROM alpine\nCOPY missing /\n",
+        &BuildOptions::default(),
+        &inputs(),
+    )
+    .unwrap_err();
+    assert!(e.contains("missing: not found"), "{e}");
+    let e = try_plan(
+        "FROM alpine\nCOPY --from=5 /x /\n",
+        &BuildOptions::default(),
+        &inputs(),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("stage \"5\" is not defined before this one"),
+        "{e}"
+    );
+    let e = try_plan(
+        "FROM alpine\nEXPOSE $P\n",
+        &BuildOptions {
+            build_args: [("P".to_string(), "http".to_string())].into(),
+            ..Default::default()
+        },
+        &inputs(),
+    );
+    // P is not declared, so it expands to nothing: no port, no error.
+    assert!(e.is_ok());
+}
