@@ -1,5 +1,6 @@
 //! The `imgbuild` command line.
 
+mod build;
 mod cmd;
 mod report;
 
@@ -24,6 +25,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build an image from a Dockerfile (`imgbuild .` is the same as `imgbuild build .`).
+    Build(cmd::build::Args),
+    /// Show the build DAG: each step's key and whether the store has it.
+    Plan(cmd::plan::Args),
+    /// List the images in the store.
+    Images(cmd::store::RootArg),
+    /// Remove what no tagged image needs (with --all, the build cache too).
+    Prune(cmd::store::PruneArgs),
+    /// Show how much space the store uses.
+    Du(cmd::store::RootArg),
     /// Print what the parser makes of Dockerfiles.
     Parse(cmd::parse::Args),
     /// Parse and validate a Dockerfile without building it.
@@ -31,9 +42,29 @@ enum Command {
 }
 
 /// Exit statuses: 0 ok, 1 the work failed (bad Dockerfile, failed build), 2 usage error.
+/// The subcommand names: any other first argument means `build` (`imgbuild .`).
+const SUBCOMMANDS: &[&str] = &[
+    "build", "plan", "images", "prune", "du", "parse", "check", "help",
+];
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(first) = argv.get(1).and_then(|a| a.to_str()) {
+        let is_flag = first.starts_with('-');
+        if !is_flag && !SUBCOMMANDS.contains(&first) {
+            argv.insert(1, "build".into());
+        } else if is_flag && !matches!(first, "-h" | "--help" | "-V" | "--version") {
+            // `imgbuild -t x .` builds too.
+            argv.insert(1, "build".into());
+        }
+    }
+    let cli = Cli::parse_from(argv);
     let result = match cli.command {
+        Command::Build(a) => cmd::build::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
+        Command::Images(a) => cmd::store::images(a),
+        Command::Prune(a) => cmd::store::prune(a),
+        Command::Du(a) => cmd::store::du(a),
         Command::Parse(a) => cmd::parse::run(a),
         Command::Check(a) => cmd::check::run(a),
     };

@@ -1,7 +1,11 @@
 //! One module per subcommand.
 
+pub mod build;
 pub mod check;
+pub mod output;
 pub mod parse;
+pub mod plan;
+pub mod store;
 
 use imgbuild_parser::include::{self, Resolved};
 use std::path::Path;

@@ -1,5 +1,6 @@
 //! Integration tests of the `imgbuild` binary. Each test works in its own temporary directory.
 
+mod build;
 mod check;
 mod parse;
 
@@ -27,6 +28,45 @@ pub fn imgbuild(dir: &Path, args: &[&str]) -> Output {
         .env("NO_COLOR", "1")
         .output()
         .expect("run imgbuild")
+}
+
+/// Runs the binary with extra environment variables.
+pub fn imgbuild_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+    c.args(args).current_dir(dir).env("NO_COLOR", "1");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run imgbuild")
+}
+
+/// Fails (never skips) when a tool the test needs is missing, naming the Debian package.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} not found: install the Debian package {package}"
+    );
+}
+
+pub fn is_root() -> bool {
+    rustix_uid() == 0
+}
+
+fn rustix_uid() -> u32 {
+    // /proc/self/status "Uid:" line, so the tests need no extra crate.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|u| u.parse().ok()))
+        })
+        .unwrap_or(u32::MAX)
 }
 
 /// A scratch directory populated with `files` (path, bytes).

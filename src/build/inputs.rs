@@ -1,0 +1,195 @@
+//! What the planner asks, answered from the store and the build context.
+
+use imgbuild_cache::Digest;
+use imgbuild_cache::context::{ContextSnapshot, DigestOptions};
+use imgbuild_cache::oci::{self, ImageConfig as OciConfig, Manifest};
+use imgbuild_cache::store::Store;
+use imgbuild_parser::ignore::PatternMatcher;
+use imgbuild_planner::{
+    BaseImage, ContextQuery, ContextSelection, Healthcheck, History, ImageConfig, Inputs,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+pub struct StoreInputs<'a> {
+    pub store: &'a Store,
+    pub context: Option<&'a ContextSnapshot>,
+    /// Base images resolved in this build, by reference (each import happens once).
+    resolved: Mutex<HashMap<String, Result<BaseImage, String>>>,
+}
+
+impl<'a> StoreInputs<'a> {
+    pub fn new(store: &'a Store, context: Option<&'a ContextSnapshot>) -> Self {
+        StoreInputs {
+            store,
+            context,
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn resolve_image(&self, reference: &str) -> Result<BaseImage, String> {
+        let imported = |r: oci::Result<oci::ImportedImage>| -> Result<Digest, String> {
+            r.map(|i| i.manifest_digest).map_err(|e| e.to_string())
+        };
+        let manifest = if let Some(rest) = reference.strip_prefix("oci-layout://") {
+            let (dir, r) = split_ref(rest);
+            imported(oci::import_oci_layout(Path::new(dir), r, self.store))?
+        } else if let Some(rest) = reference.strip_prefix("oci-archive://") {
+            let (file, r) = split_ref(rest);
+            imported(oci::import_oci_archive(Path::new(file), r, self.store))?
+        } else if let Some(file) = reference.strip_prefix("docker-archive://") {
+            imported(oci::import_docker_archive(
+                Path::new(file),
+                None,
+                self.store,
+            ))?
+        } else {
+            match self.store.resolve(reference) {
+                Ok(Some((d, _))) => d,
+                Ok(None) => {
+                    return Err(
+                        "not in the local image store (pulling from registries is not \
+                         supported yet)"
+                            .into(),
+                    );
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        load_image(self.store, reference, &manifest)
+    }
+}
+
+/// `DIR[:tag|@digest]` (a `:` inside the path is taken as a tag only after the last `/`).
+fn split_ref(s: &str) -> (&str, Option<&str>) {
+    if let Some((p, d)) = s.rsplit_once('@') {
+        return (p, Some(d));
+    }
+    match s.rsplit_once(':') {
+        Some((p, t)) if !t.contains('/') && !p.is_empty() => (p, Some(t)),
+        _ => (s, None),
+    }
+}
+
+/// A stored image as the planner sees it.
+pub fn load_image(store: &Store, reference: &str, manifest: &Digest) -> Result<BaseImage, String> {
+    let m: Manifest =
+        serde_json::from_slice(&store.read_blob(manifest).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("manifest {manifest}: {e}"))?;
+    let c: OciConfig = serde_json::from_slice(
+        &store
+            .read_blob(&m.config.digest)
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("image config {}: {e}", m.config.digest))?;
+    if !c.os.is_empty() && (c.os != "linux" || c.architecture != "amd64") {
+        return Err(format!(
+            "the image is for {}/{}, and this build makes linux/amd64",
+            c.os, c.architecture
+        ));
+    }
+    let r = &c.config;
+    let config = ImageConfig {
+        user: r.user.clone(),
+        exposed_ports: r.exposed_ports.clone(),
+        env: r.env.clone(),
+        entrypoint: (!r.entrypoint.is_empty()).then(|| r.entrypoint.clone()),
+        cmd: (!r.cmd.is_empty()).then(|| r.cmd.clone()),
+        volumes: r.volumes.clone(),
+        working_dir: r.working_dir.clone(),
+        labels: r.labels.clone(),
+        stop_signal: r.stop_signal.clone(),
+        healthcheck: r.healthcheck.as_ref().map(|h| Healthcheck {
+            test: h.test.clone(),
+            interval: h.interval,
+            timeout: h.timeout,
+            start_period: h.start_period,
+            start_interval: h.start_interval,
+            retries: h.retries as i32,
+        }),
+        onbuild: r.on_build.clone(),
+        shell: (!r.shell.is_empty()).then(|| r.shell.clone()),
+        author: c.author.clone(),
+    };
+    let mut history: Vec<History> = c
+        .history
+        .iter()
+        .map(|h| History {
+            created_by: h.created_by.clone(),
+            empty_layer: h.empty_layer,
+            comment: h.comment.clone(),
+        })
+        .collect();
+    // An image without history still needs one entry per layer for ours to line up.
+    let with_layers = history.iter().filter(|h| !h.empty_layer).count();
+    for _ in with_layers..m.layers.len() {
+        history.push(History {
+            created_by: String::new(),
+            empty_layer: false,
+            comment: String::new(),
+        });
+    }
+    Ok(BaseImage {
+        reference: reference.to_owned(),
+        manifest: manifest.to_string(),
+        config,
+        history,
+    })
+}
+
+impl Inputs for StoreInputs<'_> {
+    fn image(&self, reference: &str) -> Result<BaseImage, String> {
+        let mut cache = self.resolved.lock().unwrap();
+        cache
+            .entry(reference.to_owned())
+            .or_insert_with(|| self.resolve_image(reference))
+            .clone()
+    }
+
+    fn context(&self, q: &ContextQuery) -> Result<ContextSelection, String> {
+        let snap = self
+            .context
+            .ok_or("the build has no context directory to copy from")?;
+        let excludes = if q.excludes.is_empty() {
+            None
+        } else {
+            Some(PatternMatcher::new(&q.excludes).map_err(|e| format!("--exclude: {e}"))?)
+        };
+        let mut h = blake3::Hasher::new();
+        let mut files = Vec::new();
+        for src in &q.sources {
+            let sel = snap.select(src).map_err(|e| e.to_string())?;
+            let d = snap.digest_of(
+                &sel,
+                DigestOptions {
+                    include_mode: q.include_mode,
+                },
+            );
+            h.update(&(src.len() as u64).to_le_bytes());
+            h.update(src.as_bytes());
+            h.update(d.as_bytes());
+            for e in sel.entries() {
+                if excludes
+                    .as_ref()
+                    .is_some_and(|m| m.is_excluded(&e.path).unwrap_or(false))
+                {
+                    continue;
+                }
+                let what = match &e.hash {
+                    Some(hash) => hash.to_hex().to_string(),
+                    None => e.kind.as_str().to_owned(),
+                };
+                files.push((e.path.clone(), what));
+            }
+        }
+        for p in &q.excludes {
+            h.update(b"exclude");
+            h.update(p.as_bytes());
+        }
+        Ok(ContextSelection {
+            digest: h.finalize().to_hex().to_string(),
+            files,
+        })
+    }
+}

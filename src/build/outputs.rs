@@ -1,0 +1,185 @@
+//! Writing a built image out: OCI archive or layout, docker archive, root filesystem.
+
+use crate::cmd::output::{Compression as OutCompression, Output};
+use imgbuild_cache::Digest;
+use imgbuild_cache::layer::{
+    self, Compression, DirOptions, ExtractMode, ExtractOptions, LayerOptions, entries_from_dir,
+};
+use imgbuild_cache::oci::{
+    self, BuiltinDecompressor, Descriptor, ImageConfig as OciConfig, ImageRef, Manifest,
+    canonical_digest,
+};
+use imgbuild_cache::store::Store;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The stored image with its layers in `compression`, re-compressing the layers that are not
+/// (the result is cached in the store: a blob per layer and compression).
+pub fn with_compression(
+    store: &Store,
+    manifest: &Digest,
+    compression: Compression,
+) -> anyhow::Result<ImageRef> {
+    let m: Manifest = serde_json::from_slice(&store.read_blob(manifest)?)?;
+    let want = compression.media_type();
+    if m.layers.iter().all(|l| l.media_type == want) {
+        return Ok(ImageRef {
+            manifest: *manifest,
+            size: store.blob_size(manifest).unwrap_or(0),
+            tag: None,
+        });
+    }
+    let opener = BuiltinDecompressor::new(store);
+    let mut layers = Vec::with_capacity(m.layers.len());
+    for l in &m.layers {
+        if l.media_type == want {
+            layers.push(l.clone());
+            continue;
+        }
+        let reader = oci::LayerOpener::open_uncompressed(&opener, l)?;
+        let blob = store.blob_writer()?;
+        let (info, blob) = layer::recompress(reader, blob, compression)?;
+        let (digest, size) = blob.finish()?;
+        debug_assert_eq!(digest, info.digest);
+        layers.push(Descriptor::new(want, digest, size));
+    }
+    let config = m.config.clone();
+    let out = Manifest::oci(config, layers);
+    let (bytes, digest) = canonical_digest(&out);
+    store.put_blob_bytes(&bytes)?;
+    Ok(ImageRef {
+        manifest: digest,
+        size: bytes.len() as u64,
+        tag: None,
+    })
+}
+
+fn compression_of(c: OutCompression) -> Compression {
+    match c {
+        OutCompression::Zstd => Compression::Zstd,
+        OutCompression::Gzip => Compression::Gzip,
+        OutCompression::Uncompressed => Compression::None,
+    }
+}
+
+/// Writes one output; returns the manifest digest it holds (it differs from the stored image's
+/// when the compression differs).
+pub fn write(
+    store: &Store,
+    manifest: &Digest,
+    output: &Output,
+    tags: &[String],
+) -> anyhow::Result<Digest> {
+    match output {
+        Output::Oci {
+            dest,
+            tar,
+            compression,
+        } => {
+            let mut image = with_compression(store, manifest, compression_of(*compression))?;
+            image.tag = tags.first().map(|t| tag_of(t));
+            if *tar {
+                oci::write_oci_archive(dest, store, &image)?;
+            } else {
+                oci::write_oci_layout(dest, store, &image)?;
+            }
+            Ok(image.manifest)
+        }
+        Output::Docker { dest } => {
+            let image = ImageRef {
+                manifest: *manifest,
+                size: store.blob_size(manifest).unwrap_or(0),
+                tag: None,
+            };
+            let opener = BuiltinDecompressor::new(store);
+            oci::write_docker_archive(dest, store, &image, tags, &opener)?;
+            Ok(*manifest)
+        }
+        Output::Local { dest } => {
+            // Staged beside the destination, so the final rename stays on one filesystem.
+            let staged = temp_beside(dest);
+            if staged.exists() {
+                fs::remove_dir_all(&staged)?;
+            }
+            fs::create_dir_all(&staged)?;
+            if let Err(e) = apply_layers(store, manifest, &staged) {
+                let _ = fs::remove_dir_all(&staged);
+                return Err(e);
+            }
+            replace_dir(&staged, dest)?;
+            Ok(*manifest)
+        }
+        Output::Tar { dest } => {
+            let tmp = store.temp_dir()?;
+            let root = tmp.path().join("rootfs");
+            fs::create_dir(&root)?;
+            apply_layers(store, manifest, &root)?;
+            let entries = entries_from_dir(&root, &DirOptions::default())?;
+            let part = temp_beside(dest);
+            let file = fs::File::create(&part)?;
+            layer::write_layer(
+                std::io::BufWriter::new(file),
+                LayerOptions {
+                    compression: Compression::None,
+                    epoch: u64::MAX,
+                },
+                entries,
+            )?;
+            fs::rename(&part, dest)?;
+            Ok(*manifest)
+        }
+    }
+}
+
+/// The tag part of `name:tag` for an OCI layout's ref name.
+fn tag_of(name: &str) -> String {
+    match name.rsplit_once(':') {
+        Some((_, t)) if !t.contains('/') => t.to_owned(),
+        _ => "latest".to_owned(),
+    }
+}
+
+/// Applies every layer of an image onto `root` (whiteouts delete, ownership kept when root).
+fn apply_layers(store: &Store, manifest: &Digest, root: &Path) -> anyhow::Result<()> {
+    let m: Manifest = serde_json::from_slice(&store.read_blob(manifest)?)?;
+    let _config: OciConfig = serde_json::from_slice(&store.read_blob(&m.config.digest)?)?;
+    let opener = BuiltinDecompressor::new(store);
+    for l in &m.layers {
+        let reader = oci::LayerOpener::open_uncompressed(&opener, l)?;
+        layer::extract(
+            reader,
+            root,
+            &ExtractOptions {
+                mode: ExtractMode::Apply,
+                ..ExtractOptions::default()
+            },
+        )?;
+    }
+    Ok(())
+}
+
+fn temp_beside(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Puts the staged tree `staged` at `dest`, replacing what is there (the old tree is removed
+/// only after the new one is in place).
+fn replace_dir(staged: &Path, dest: &Path) -> anyhow::Result<()> {
+    if dest.exists() {
+        let old = dest.with_file_name(format!(
+            ".{}.old-{}",
+            dest.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        fs::rename(dest, &old)?;
+        fs::rename(staged, dest)?;
+        fs::remove_dir_all(&old)?;
+    } else {
+        fs::rename(staged, dest)?;
+    }
+    Ok(())
+}
