@@ -58,7 +58,7 @@
 //! (the order of a depth-first walk with sorted names), so nothing depends on readdir order,
 //! thread count or timing.
 
-pub mod glob;
+pub use imgbuild_parser::gomatch as glob;
 mod index;
 mod scan;
 mod select;

@@ -42,6 +42,7 @@
 //!   emulated; the `regex` crate's compiled-size limit is set to 128 MiB instead. A pattern over
 //!   that limit fails like a malformed one.
 
+use crate::gomatch::go_match;
 use std::fmt;
 
 use regex::{Regex, RegexBuilder};
@@ -253,7 +254,7 @@ impl PatternMatcher {
                 None => (false, cleaned.as_str()),
             };
             exclusions |= exclusion;
-            if go_filepath_match(body.as_bytes(), b".").is_err() {
+            if go_match(body.as_bytes(), b".").is_err() {
                 return Err(IgnoreError::BadPattern {
                     pattern: body.to_owned(),
                 });
@@ -590,200 +591,6 @@ fn pattern_without_trailing_glob(p: &Pattern) -> &str {
     let s = p.cleaned.as_str();
     let s = s.strip_suffix("/**").unwrap_or(s);
     s.strip_suffix("/*").unwrap_or(s)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Go's filepath.Match (Unix), used like patternmatcher does: only to validate the syntax.
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct BadGlob;
-
-/// Go's `filepath.Match(pattern, name)` on bytes, with `/` as separator and `\` escaping.
-fn go_filepath_match(pattern: &[u8], name: &[u8]) -> Result<bool, BadGlob> {
-    let mut pattern = pattern;
-    let mut name = name;
-    'chunks: while !pattern.is_empty() {
-        let (star, chunk, rest) = scan_chunk(pattern);
-        pattern = rest;
-        if star && chunk.is_empty() {
-            return Ok(!name.contains(&b'/'));
-        }
-        let here = match_chunk(chunk, name);
-        if let Ok(Some(t)) = here
-            && (t.is_empty() || !pattern.is_empty())
-        {
-            name = t;
-            continue;
-        }
-        here?;
-        if star {
-            let mut i = 0;
-            while i < name.len() && name[i] != b'/' {
-                if let Some(t) = match_chunk(chunk, &name[i + 1..])? {
-                    if pattern.is_empty() && !t.is_empty() {
-                        i += 1;
-                        continue;
-                    }
-                    name = t;
-                    continue 'chunks;
-                }
-                i += 1;
-            }
-        }
-        while !pattern.is_empty() {
-            let (_, chunk, rest) = scan_chunk(pattern);
-            pattern = rest;
-            match_chunk(chunk, b"")?;
-        }
-        return Ok(false);
-    }
-    Ok(name.is_empty())
-}
-
-/// Splits off the next run of stars and the non-star chunk after it.
-fn scan_chunk(pattern: &[u8]) -> (bool, &[u8], &[u8]) {
-    let mut pattern = pattern;
-    let mut star = false;
-    while let [b'*', rest @ ..] = pattern {
-        pattern = rest;
-        star = true;
-    }
-    let mut in_range = false;
-    let mut i = 0;
-    while i < pattern.len() {
-        match pattern[i] {
-            b'\\' if i + 1 < pattern.len() => i += 1,
-            b'[' => in_range = true,
-            b']' => in_range = false,
-            b'*' if !in_range => break,
-            _ => {}
-        }
-        i += 1;
-    }
-    (star, &pattern[..i], &pattern[i..])
-}
-
-/// Matches `chunk` against the start of `s`: `Ok(Some(rest))` on a match, `Ok(None)` on a
-/// mismatch (the whole chunk is still syntax-checked), `Err` on a malformed chunk.
-fn match_chunk<'a>(chunk: &[u8], s: &'a [u8]) -> Result<Option<&'a [u8]>, BadGlob> {
-    let mut chunk = chunk;
-    let mut s = s;
-    let mut failed = false;
-    while let Some(&c) = chunk.first() {
-        if !failed && s.is_empty() {
-            failed = true;
-        }
-        match c {
-            b'[' => {
-                let mut r = 0u32;
-                if !failed {
-                    let (ch, n) = decode_rune(s);
-                    r = ch;
-                    s = &s[n..];
-                }
-                chunk = &chunk[1..];
-                let negated = chunk.first() == Some(&b'^');
-                if negated {
-                    chunk = &chunk[1..];
-                }
-                let mut matched = false;
-                let mut nrange = 0;
-                loop {
-                    if chunk.first() == Some(&b']') && nrange > 0 {
-                        chunk = &chunk[1..];
-                        break;
-                    }
-                    let (lo, rest) = get_esc(chunk)?;
-                    chunk = rest;
-                    let mut hi = lo;
-                    if chunk.first() == Some(&b'-') {
-                        let (h, rest) = get_esc(&chunk[1..])?;
-                        hi = h;
-                        chunk = rest;
-                    }
-                    if lo <= r && r <= hi {
-                        matched = true;
-                    }
-                    nrange += 1;
-                }
-                if matched == negated {
-                    failed = true;
-                }
-            }
-            b'?' => {
-                if !failed {
-                    if s[0] == b'/' {
-                        failed = true;
-                    }
-                    let (_, n) = decode_rune(s);
-                    s = &s[n..];
-                }
-                chunk = &chunk[1..];
-            }
-            _ => {
-                if c == b'\\' {
-                    chunk = &chunk[1..];
-                    if chunk.is_empty() {
-                        return Err(BadGlob);
-                    }
-                }
-                if !failed {
-                    if chunk[0] != s[0] {
-                        failed = true;
-                    }
-                    s = &s[1..];
-                }
-                chunk = &chunk[1..];
-            }
-        }
-    }
-    Ok(if failed { None } else { Some(s) })
-}
-
-/// A possibly escaped character of a `[...]` class; the class must continue after it.
-fn get_esc(chunk: &[u8]) -> Result<(u32, &[u8]), BadGlob> {
-    let mut chunk = chunk;
-    match chunk.first() {
-        None | Some(b'-') | Some(b']') => return Err(BadGlob),
-        Some(b'\\') => {
-            chunk = &chunk[1..];
-            if chunk.is_empty() {
-                return Err(BadGlob);
-            }
-        }
-        _ => {}
-    }
-    let (r, n) = decode_rune(chunk);
-    if r == 0xFFFD && n == 1 {
-        return Err(BadGlob);
-    }
-    let rest = &chunk[n..];
-    if rest.is_empty() {
-        return Err(BadGlob);
-    }
-    Ok((r, rest))
-}
-
-/// Go's `utf8.DecodeRune`: `(U+FFFD, 1)` on invalid input, `(U+FFFD, 0)` on empty input.
-fn decode_rune(s: &[u8]) -> (u32, usize) {
-    let Some(&b0) = s.first() else {
-        return (0xFFFD, 0);
-    };
-    let len = match b0 {
-        0x00..=0x7F => 1,
-        0xC2..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        0xF0..=0xF4 => 4,
-        _ => return (0xFFFD, 1),
-    };
-    match s.get(..len).map(std::str::from_utf8) {
-        Some(Ok(text)) => match text.chars().next() {
-            Some(c) => (c as u32, len),
-            None => (0xFFFD, 1),
-        },
-        _ => (0xFFFD, 1),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1384,16 +1191,16 @@ mod tests {
             "[", "[^", "[^bc", "a[", "\\", "[]a]", "[-]", "[x-]", "[-x]", "[a-b-c]", "a\\", "*[",
             "[]",
         ] {
-            assert!(go_filepath_match(bad.as_bytes(), b".").is_err(), "{bad:?}");
+            assert!(go_match(bad.as_bytes(), b".").is_err(), "{bad:?}");
         }
         for good in [
             "*", "a*b", "[ab]", "[\\]a]", "[\\-x]", "a\\*b", "[^a]", "[!a]", "**",
         ] {
-            assert!(go_filepath_match(good.as_bytes(), b".").is_ok(), "{good:?}");
+            assert!(go_match(good.as_bytes(), b".").is_ok(), "{good:?}");
         }
-        assert!(go_filepath_match(b"a*/b", b"abc/b").unwrap());
-        assert!(!go_filepath_match(b"a*/b", b"a/c/b").unwrap());
-        assert!(go_filepath_match("[a-ζ]*".as_bytes(), "α".as_bytes()).unwrap());
+        assert!(go_match(b"a*/b", b"abc/b").unwrap());
+        assert!(!go_match(b"a*/b", b"a/c/b").unwrap());
+        assert!(go_match("[a-ζ]*".as_bytes(), "α".as_bytes()).unwrap());
     }
 
     #[test]
@@ -1635,7 +1442,7 @@ mod tests {
             let _ = read_ignore_file(&text);
             let _ = clean_path(&text);
             let _ = go_regex_to_rust(&text);
-            let _ = go_filepath_match(text.as_bytes(), b"a/b.c");
+            let _ = go_match(text.as_bytes(), b"a/b.c");
         }
     }
 
@@ -1645,8 +1452,7 @@ mod tests {
         for _ in 0..20_000 {
             let len = (rng.next() % 16) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            let _ = go_filepath_match(&bytes, &bytes);
-            let _ = decode_rune(&bytes);
+            let _ = go_match(&bytes, &bytes);
             let text = String::from_utf8_lossy(&bytes);
             if let Ok(m) = PatternMatcher::new([text.as_ref()]) {
                 let _ = m.is_excluded(&text);

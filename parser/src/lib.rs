@@ -8,6 +8,7 @@ pub mod ast;
 pub mod bkformat;
 pub mod diag;
 pub mod golang;
+pub mod gomatch;
 pub mod ignore;
 pub mod include;
 pub mod instructions;

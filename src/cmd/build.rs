@@ -118,6 +118,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "image.name": args.tags.join(","),
             "imgbuild.steps.cached": built.cached,
             "imgbuild.steps.executed": built.executed,
+            "imgbuild.context.files_hashed": prep.snapshot.stats().files_hashed,
+            "imgbuild.context.bytes_hashed": prep.snapshot.stats().bytes_hashed,
         });
         write_file(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
     }
