@@ -49,6 +49,13 @@ const SUBCOMMANDS: &[&str] = &[
 
 fn main() -> ExitCode {
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The RUN sandbox helper: a re-exec of ourselves, handled before anything starts a thread.
+    if argv.get(1).is_some_and(|a| a == "__sandbox") {
+        match argv.get(2) {
+            Some(spec) => imgbuild_executor::sandbox::helper_main(std::path::Path::new(spec)),
+            None => return ExitCode::from(2),
+        }
+    }
     if let Some(first) = argv.get(1).and_then(|a| a.to_str()) {
         let is_flag = first.starts_with('-');
         if !is_flag && !SUBCOMMANDS.contains(&first) {

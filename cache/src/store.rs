@@ -39,7 +39,7 @@ pub use error::StoreError;
 pub use images::{ImageMeta, normalize_name};
 pub use prune::{Count, PruneMode, PruneReport, Usage};
 pub use steps::Lookup;
-pub use temp::{Persisted, TempDir, TempFile};
+pub use temp::{Persisted, TempDir, TempFile, parse_pid, remove_stale_beside};
 
 use crate::Digest;
 use rustix::fs::FlockOperation;

@@ -9,6 +9,10 @@
 //!   owner; `--chown` overrides both, with names looked up in the destination image;
 //! - `--chmod` replaces permission bits; `ADD` unpacks local tar archives (plain, gzip, bzip2,
 //!   xz, zstd) into the destination instead of copying them.
+//! - `ADD <url>`: the downloaded file is named after the URL (see
+//!   [`RemoteSource::file_name`](imgbuild_planner::RemoteSource)) in a directory destination,
+//!   gets mode 0600, owner 0:0 and the build epoch as mtime; it is unpacked only with
+//!   `--unpack=true`.
 //!
 //! The destination is resolved in the image below the step (symlinks followed, chroot-style),
 //! so a link in the image can never make a layer write outside it.
@@ -22,16 +26,25 @@ use imgbuild_cache::layer::{
     decompress_detect, entries_from_dir, extract,
 };
 use imgbuild_parser::ignore::PatternMatcher;
-use imgbuild_planner::CopyOp;
+use imgbuild_planner::{CopyOp, RemoteSource};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub enum Source<'a> {
     Context(&'a ContextSnapshot),
     Fs(RootFs),
+}
+
+/// Where the content of an `ADD <url>` source is, by its digest (`sha256:…`).
+pub type RemoteContent<'a> = &'a dyn Fn(&str) -> Result<PathBuf, String>;
+
+/// What a context-side source of a COPY/ADD selected, in the order of the sources.
+enum Selected<'a> {
+    Context(context::SelectedItem<'a>),
+    Remote(&'a RemoteSource),
 }
 
 /// One file to put in the layer, before ownership and mode rules are applied.
@@ -52,6 +65,7 @@ pub fn entries(
     below: &RootFs,
     epoch: u64,
     scratch: &Path,
+    remote: RemoteContent,
 ) -> Result<Vec<Entry>, String> {
     let chown = match &op.chown {
         Some(spec) => Some(userdb::resolve(spec, below, false)?),
@@ -87,25 +101,42 @@ pub fn entries(
         Source::Context(snap) => {
             let mut selected = Vec::new();
             for src in &op.sources {
+                if let Some(r) = op.remotes.iter().find(|r| r.url == *src) {
+                    count += 1;
+                    selected.push(Selected::Remote(r));
+                    continue;
+                }
                 let sel = snap.select(src).map_err(|e| e.to_string())?;
                 for it in sel.items() {
                     count += 1;
-                    selected.push((sel.is_wildcard(), it.clone()));
+                    selected.push(Selected::Context(it.clone()));
                 }
             }
             let into_dir = dest_dir_mark || dest_exists_dir || count > 1;
-            for (_, it) in &selected {
-                context_item(
-                    op,
-                    snap,
-                    it,
-                    &dest_resolved,
-                    into_dir,
-                    excludes.as_ref(),
-                    epoch,
-                    scratch,
-                    &mut items,
-                )?;
+            for s in &selected {
+                match s {
+                    Selected::Context(it) => context_item(
+                        op,
+                        snap,
+                        it,
+                        &dest_resolved,
+                        into_dir,
+                        excludes.as_ref(),
+                        epoch,
+                        scratch,
+                        &mut items,
+                    )?,
+                    Selected::Remote(r) => remote_item(
+                        op,
+                        r,
+                        &remote(&r.digest)?,
+                        &dest_resolved,
+                        into_dir,
+                        epoch,
+                        scratch,
+                        &mut items,
+                    )?,
+                }
             }
         }
         Source::Fs(fs) => {
@@ -335,6 +366,38 @@ fn context_item(
     Ok(())
 }
 
+/// A downloaded file: to `dest` (or `dest/<file name>`), 0600, owned by root, mtime the
+/// epoch (BuildKit takes Last-Modified; the epoch keeps the layer a function of the key). With
+/// `--unpack=true` an archive is unpacked into `dest` instead, like a local one.
+#[allow(clippy::too_many_arguments)]
+fn remote_item(
+    op: &CopyOp,
+    r: &RemoteSource,
+    content: &Path,
+    dest: &str,
+    into_dir: bool,
+    epoch: u64,
+    scratch: &Path,
+    items: &mut Vec<Item>,
+) -> Result<(), String> {
+    if op.unpack == Some(true) && is_archive(content)? {
+        return unpack_archive(content, dest, scratch, items)
+            .map_err(|e| e.replace(&content.display().to_string(), &r.url));
+    }
+    items.push(Item {
+        dest: if into_dir {
+            join(dest, &r.file_name)
+        } else {
+            dest.to_owned()
+        },
+        kind: EntryKind::File(Content::Path(content.to_path_buf())),
+        mode: 0o600,
+        owner: Some(Owner { uid: 0, gid: 0 }),
+        mtime: epoch,
+    });
+    Ok(())
+}
+
 fn context_kind(snap: &ContextSnapshot, e: &context::Entry) -> Result<Option<EntryKind>, String> {
     Ok(match e.kind {
         CtxKind::File => Some(EntryKind::File(Content::Path(snap.root().join(&e.path)))),
@@ -407,9 +470,18 @@ fn unpack_archive(
         .map_err(|e| format!("unpacking {}: {e}", path.display()))?;
     for e in entries {
         let rel = e.path.to_string_lossy().into_owned();
+        // A hard link names another entry of the archive, which moves under `dest` with it.
+        let kind = match e.kind {
+            EntryKind::Hardlink { target } => EntryKind::Hardlink {
+                target: join(dest, &target.to_string_lossy())
+                    .trim_start_matches('/')
+                    .into(),
+            },
+            kind => kind,
+        };
         items.push(Item {
             dest: join(dest, &rel),
-            kind: e.kind,
+            kind,
             mode: e.mode,
             owner: Some(Owner {
                 uid: e.uid,

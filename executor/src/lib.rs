@@ -12,6 +12,8 @@ pub mod chmod;
 mod copy;
 mod image;
 pub mod rootfs;
+mod run;
+pub mod sandbox;
 pub mod userdb;
 
 pub use image::{ImageOutput, assemble, rfc3339};
@@ -109,6 +111,8 @@ pub trait Progress: Sync {
     fn started(&self, step: &Step);
     fn finished(&self, step: &Step, state: StepState, took: Duration);
     fn note(&self, message: &str);
+    /// A line a RUN printed.
+    fn output(&self, _step: &Step, _line: &str) {}
 }
 
 /// A progress sink that prints nothing.
@@ -203,16 +207,61 @@ impl<'a> Executor<'a> {
         })
     }
 
-    /// A usable cached result: the record parses and its blob is in the store.
+    /// A usable cached result: the record parses, and its blob is in the store with the
+    /// recorded size and content. The blob is read and hashed in full: a size check alone
+    /// misses a flipped byte, and a damaged layer must be a miss (the step runs again and its
+    /// new blob replaces the damaged one), never a layer handed on to the image.
     fn lookup(&self, step: &Step) -> Option<LayerRecord> {
-        match self.store.get_step::<StepRecord>(&step.key.0) {
-            Lookup::Hit(r) if self.store.has_blob(&r.layer.digest) => Some(r.layer),
+        use imgbuild_cache::store::StoreError;
+        let record = match self.store.get_step::<StepRecord>(&step.key.0) {
+            Lookup::Hit(r) => r.layer,
             Lookup::Unusable(e) => {
                 self.progress
                     .note(&format!("ignoring a damaged cache record: {e}"));
-                None
+                return None;
             }
-            _ => None,
+            Lookup::Miss => return None,
+        };
+        let digest = record.digest;
+        let damaged = |why: String| {
+            let what = step.created_by.lines().next().unwrap_or_default();
+            self.progress.note(&format!(
+                "ignoring the cached result of `{what}`: its layer blob {digest} {why}; \
+                 running the step again"
+            ));
+            None
+        };
+        match self.store.blob_size(&digest) {
+            // Pruned, or never stored: a plain miss.
+            None => return None,
+            Some(n) if n != record.size => {
+                return damaged(format!("has {n} bytes, not {} as recorded", record.size));
+            }
+            Some(_) => {}
+        }
+        // Hashing every cached layer on every build would make a no-op rebuild cost as much
+        // as reading all its layers; a blob written or modified after its record is the one
+        // that needs it (damage on disk that keeps the mtime is caught when the blob is read:
+        // every read verifies).
+        let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let blob_changed = match (
+            modified(&self.store.blob_file(&digest)),
+            modified(&self.store.step_path(&step.key.0)),
+        ) {
+            (Some(b), Some(r)) => b > r,
+            _ => true,
+        };
+        if !blob_changed {
+            return Some(record);
+        }
+        match self.store.verify_blob(&digest) {
+            Ok(_) => Some(record),
+            Err(StoreError::MissingBlob { .. }) => None,
+            Err(StoreError::Corrupt { path, found, .. }) => damaged(format!(
+                "({}) is corrupt: its content hashes to {found}",
+                path.display()
+            )),
+            Err(e) => damaged(format!("cannot be read ({e})")),
         }
     }
 
@@ -243,13 +292,21 @@ impl<'a> Executor<'a> {
                     }
                 };
                 let scratch = self.store.temp_dir()?;
-                copy::entries(c, &source, &below, self.options.epoch, scratch.path())
-                    .map_err(|e| ExecError::step(step, e))
-                    .and_then(|entries| {
-                        let layer = self.write_layer(step, entries);
-                        drop(scratch);
-                        layer
-                    })?
+                let remote = |digest: &str| self.remote_content(digest);
+                copy::entries(
+                    c,
+                    &source,
+                    &below,
+                    self.options.epoch,
+                    scratch.path(),
+                    &remote,
+                )
+                .map_err(|e| ExecError::step(step, e))
+                .and_then(|entries| {
+                    let layer = self.write_layer(step, entries);
+                    drop(scratch);
+                    layer
+                })?
             }
             Op::Mkdir { path, user } => {
                 let below = self.rootfs(parent)?;
@@ -257,12 +314,20 @@ impl<'a> Executor<'a> {
                     .map_err(|e| ExecError::step(step, e))?;
                 self.write_layer(step, entries)?
             }
-            Op::Run(_) => {
-                return Err(ExecError::step(
-                    step,
-                    "RUN is not supported yet: this build of imgbuild makes images from FROM, \
-                     COPY, ADD and metadata instructions",
-                ));
+            Op::Run(r) => {
+                let layers = self.chain_layers(parent)?;
+                let mut dirs = Vec::with_capacity(layers.len());
+                for l in &layers {
+                    dirs.push(self.extracted(l)?);
+                }
+                let below = RootFs::new(dirs.clone());
+                let scratch = self.store.temp_dir()?;
+                let out = |line: &str| self.progress.output(step, line);
+                let entries = run::run(step, r, &dirs, &below, scratch.path(), &out)
+                    .map_err(|e| ExecError::step(step, e))?;
+                let layer = self.write_layer(step, entries);
+                drop(scratch);
+                layer?
             }
             Op::Scratch | Op::Image { .. } | Op::Stage(_) | Op::Meta => {
                 unreachable!("only layer steps are executed")
@@ -293,6 +358,16 @@ impl<'a> Executor<'a> {
             size,
             media_type: info.media_type.to_owned(),
         })
+    }
+
+    /// The blob an `ADD <url>` downloaded while the build was planned, checked against its
+    /// digest before its bytes go into a layer.
+    fn remote_content(&self, digest: &str) -> Result<PathBuf, String> {
+        let d = Digest::parse(digest).map_err(|e| e.to_string())?;
+        let mut blob = self.store.open_blob(&d).map_err(|e| e.to_string())?;
+        io::copy(&mut blob, &mut io::sink())
+            .map_err(|e| format!("the downloaded file {d}: {e}"))?;
+        Ok(self.store.blob_file(&d))
     }
 
     /// The layers of the image a step's chain has built, bottom first.
@@ -387,8 +462,14 @@ impl<'a> Executor<'a> {
             inner: reader,
             digest: DigestWriter::new(io::sink()),
         };
+        // As root, layers are extracted with overlayfs's own whiteouts, so the same trees are
+        // RUN's overlay lower dirs; without privileges, whiteouts stay marker files.
         let options = ExtractOptions {
-            mode: ExtractMode::Plain,
+            mode: if rustix::process::geteuid().is_root() {
+                ExtractMode::Overlay
+            } else {
+                ExtractMode::Plain
+            },
             ..ExtractOptions::default()
         };
         extract(&mut hashing, tmp.path(), &options)

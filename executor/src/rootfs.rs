@@ -1,10 +1,12 @@
 //! A read-only view of an image's root filesystem over its extracted layers, without merging
 //! them on disk.
 //!
-//! Each layer is a directory holding exactly what its tar held, whiteout markers included as
-//! plain files (`.wh.<name>` hides `<name>` of lower layers; `.wh..wh..opq` in a directory hides
-//! all of that directory's lower content). Lookups walk the layers from the top, the way
-//! overlayfs would. Symlinks resolve as if the view were `/` (chroot semantics): a link can
+//! Each layer is a directory holding exactly what its tar held. Whiteouts come in either of two
+//! forms: marker files (`.wh.<name>` hides `<name>` of lower layers; `.wh..wh..opq` in a
+//! directory hides all of its lower content), as extracted without privileges, or overlayfs's own
+//! (a 0/0 character device named `<name>`; `trusted.overlay.opaque=y` on a directory), as
+//! extracted by root so the same trees serve as overlay lower dirs for RUN. Lookups walk the
+//! layers from the top, the way overlayfs would. Symlinks resolve as if the view were `/` (chroot semantics): a link can
 //! never lead a lookup outside the image.
 
 use std::collections::BTreeMap;
@@ -157,6 +159,7 @@ impl RootFs {
         for layer in self.layers.iter().rev() {
             let real = comps.iter().fold(layer.clone(), |p, c| p.join(c));
             match fs::symlink_metadata(&real) {
+                Ok(meta) if is_overlay_whiteout(&meta) => return Ok(None),
                 Ok(meta) => {
                     return Ok(Some(Found {
                         path: path.to_owned(),
@@ -171,7 +174,7 @@ impl RootFs {
             }
             let mut dir = layer.clone();
             for c in &comps {
-                if dir.join(format!("{WHITEOUT}{c}")).exists() || dir.join(OPAQUE).exists() {
+                if dir.join(format!("{WHITEOUT}{c}")).exists() || is_opaque(&dir) {
                     return Ok(None);
                 }
                 dir.push(c);
@@ -196,7 +199,7 @@ impl RootFs {
                 Err(e) if e.raw_os_error() == Some(20) => break, // a file hides lower dirs
                 Err(e) => return Err(e),
             };
-            let mut opaque = false;
+            let mut opaque = is_opaque(&dir);
             for entry in rd {
                 let entry = entry?;
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -212,6 +215,10 @@ impl RootFs {
                     continue;
                 }
                 let meta = fs::symlink_metadata(entry.path())?;
+                if is_overlay_whiteout(&meta) {
+                    hidden.push(name);
+                    continue;
+                }
                 let p = if comps.is_empty() {
                     format!("/{name}")
                 } else {
@@ -264,6 +271,24 @@ impl RootFs {
         }
         Ok(())
     }
+}
+
+/// overlayfs's whiteout: a character device with device number 0/0.
+fn is_overlay_whiteout(meta: &Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// A directory that hides lower layers' contents: the marker file, or overlayfs's xattr.
+fn is_opaque(dir: &std::path::Path) -> bool {
+    if dir.join(OPAQUE).exists() {
+        return true;
+    }
+    let mut buf = [0u8; 4];
+    matches!(
+        rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf),
+        Ok(1) if buf[0] == b'y'
+    )
 }
 
 /// The components of a path, `.` and empty ones dropped (`..` kept: resolution handles it).

@@ -97,6 +97,14 @@ pub struct ContextSelection {
     pub files: Vec<(String, String)>,
 }
 
+/// A file `ADD <url>` fetched, as the outside world found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteFile {
+    /// `sha256:…` of the content.
+    pub digest: String,
+    pub size: u64,
+}
+
 /// What the planner asks the outside world. Implemented by the binary over the store and the
 /// build context; by fixed tables in tests.
 pub trait Inputs {
@@ -104,6 +112,15 @@ pub trait Inputs {
     fn image(&self, reference: &str) -> Result<BaseImage, String>;
     /// Digests the context files a COPY or ADD selects.
     fn context(&self, query: &ContextQuery) -> Result<ContextSelection, String>;
+    /// The content of the `http://` or `https://` file an ADD names (the implementation makes
+    /// it available to the executor under its digest). With `checksum` (`sha256:<hex>`), content
+    /// of another digest is an error.
+    fn remote(&self, url: &str, checksum: Option<&str>) -> Result<RemoteFile, String> {
+        let _ = checksum;
+        Err(format!(
+            "cannot fetch {url}: no remote sources in this build"
+        ))
+    }
 }
 
 /// Where a COPY takes its files from.
@@ -117,12 +134,27 @@ pub enum CopySource {
     Image { reference: String, manifest: String },
 }
 
+/// An `ADD <url>` source: the URL and the content it had when the build was planned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RemoteSource {
+    pub url: String,
+    /// `sha256:…` of the content.
+    pub digest: String,
+    /// The name the file gets in a directory destination: the last segment of the URL's path,
+    /// percent-decoded, or `__unnamed__` (BuildKit's rule; Content-Disposition is not used).
+    pub file_name: String,
+}
+
 /// A COPY or ADD with every variable expanded and the destination made absolute.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CopyOp {
     pub add: bool,
     pub source: CopySource,
+    /// The sources in order: paths in `source`, and for ADD also URLs (each described in
+    /// `remotes`).
     pub sources: Vec<String>,
+    /// What the URLs among `sources` hold (ADD only).
+    pub remotes: Vec<RemoteSource>,
     /// Heredoc sources: (file name, content).
     pub contents: Vec<(String, String)>,
     /// Absolute; a trailing `/` (meaning "a directory") is kept.
@@ -142,7 +174,8 @@ pub struct CopyOp {
 pub struct RunOp {
     /// The argv: exec form as written, shell form as SHELL + the command line.
     pub args: Vec<String>,
-    /// Heredoc files the command line opened: (name, content, chomp).
+    /// A heredoc script to mount at /dev/pipes/NAME (`RUN <<EOF` with a `#!` body):
+    /// (name, content, chomp).
     pub files: Vec<(String, String, bool)>,
     /// `KEY=value`: the image's ENV plus the ARGs in scope.
     pub env: Vec<String>,

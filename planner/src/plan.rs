@@ -5,7 +5,7 @@ use crate::config::{Healthcheck, History, ImageConfig};
 use crate::key::{Key, KeyHasher};
 use crate::{
     BaseImage, BuildOptions, ContextQuery, CopyOp, CopySource, Inputs, Op, Plan, PlannedStage,
-    RunOp, Step,
+    RemoteSource, RunOp, Step,
 };
 use imgbuild_parser::ast::{Span, Word};
 use imgbuild_parser::diag::Diagnostic;
@@ -708,6 +708,10 @@ impl<'a> Planner<'a> {
             ),
         };
 
+        if !self.check_remote_sources(span, add, &sources, checksum.as_deref()) {
+            return;
+        }
+
         let mut inputs: Vec<(String, String)> = Vec::new();
         let mut deps = Vec::new();
         let mut h = KeyHasher::new(if add { "add" } else { "copy" });
@@ -716,20 +720,13 @@ impl<'a> Planner<'a> {
             h.key(&self.steps[st.last].key);
             inputs.push(("parent".into(), self.steps[st.last].key.hex()));
         }
+        let mut remotes = Vec::new();
         let source = match from {
             None => {
-                let urls: Vec<&String> = sources.iter().filter(|s| is_url(s)).collect();
-                if let Some(u) = urls.first() {
-                    self.error(
-                        span,
-                        format!("ADD of a URL ({u}) is not supported yet"),
-                        "download the file in an earlier stage, or COPY it from the context",
-                    );
-                    return;
-                }
-                if !sources.is_empty() {
+                let paths: Vec<String> = sources.iter().filter(|s| !is_url(s)).cloned().collect();
+                if !paths.is_empty() {
                     let q = ContextQuery {
-                        sources: sources.clone(),
+                        sources: paths,
                         excludes: excludes.clone(),
                         include_mode: chmod.is_none(),
                     };
@@ -742,6 +739,30 @@ impl<'a> Planner<'a> {
                         }
                         Err(e) => {
                             self.error(span, e, "check the source paths and the .dockerignore");
+                            return;
+                        }
+                    }
+                }
+                // ADD <url>: the key covers the URL and the content it has now, so changed
+                // remote content re-runs the step and unchanged content is a cache hit.
+                for url in sources.iter().filter(|s| is_url(s)) {
+                    match self.inputs.remote(url, checksum.as_deref()) {
+                        Ok(file) => {
+                            h.str("remote").str(url).str(&file.digest);
+                            inputs.push((format!("url {url}"), file.digest.clone()));
+                            remotes.push(RemoteSource {
+                                url: url.clone(),
+                                digest: file.digest,
+                                file_name: url_file_name(url),
+                            });
+                        }
+                        Err(e) => {
+                            self.error(
+                                span,
+                                e,
+                                "check the URL (and --checksum); the file is fetched when the \
+                                 build is planned",
+                            );
                             return;
                         }
                     }
@@ -806,6 +827,7 @@ impl<'a> Planner<'a> {
             add,
             source,
             sources,
+            remotes,
             contents,
             dest,
             chown,
@@ -829,6 +851,62 @@ impl<'a> Planner<'a> {
                 inputs,
             },
         );
+    }
+
+    /// BuildKit's rules for URL sources and `--checksum`; false (with an error) when broken.
+    fn check_remote_sources(
+        &mut self,
+        span: Span,
+        add: bool,
+        sources: &[String],
+        checksum: Option<&str>,
+    ) -> bool {
+        if let Some(g) = sources.iter().find(|s| is_git_source(s)) {
+            let (msg, help) = if add {
+                (
+                    format!("ADD of a git repository ({g}) is not supported yet"),
+                    "clone it in an earlier stage, or COPY a checkout from the context",
+                )
+            } else {
+                (
+                    "source can't be a git ref for COPY".to_owned(),
+                    "COPY takes paths; ADD names git repositories",
+                )
+            };
+            self.error(span, msg, help);
+            return false;
+        }
+        if !add && sources.iter().any(|s| is_url(s)) {
+            self.error(
+                span,
+                "source can't be a URL for COPY",
+                "use ADD to download a file (ADD --checksum=sha256:… pins its content)",
+            );
+            return false;
+        }
+        let Some(sum) = checksum else { return true };
+        let problem = if sources.len() != 1 {
+            Some("checksum can't be specified for multiple sources".to_owned())
+        } else if !is_url(&sources[0]) {
+            Some("checksum can't be specified for non-HTTP(S) sources".to_owned())
+        } else if !is_sha256_digest(sum) {
+            Some(format!(
+                "invalid checksum {sum:?}: expected sha256:<64 lowercase hex digits>"
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(msg) => {
+                self.error(
+                    span,
+                    msg,
+                    "--checksum=sha256:<hex> pins the content of a single http(s) source",
+                );
+                false
+            }
+            None => true,
+        }
     }
 
     fn resolve_from(&mut self, current: usize, name: &str, span: Span) -> Option<FromRef> {
@@ -870,7 +948,7 @@ impl<'a> Planner<'a> {
     }
 
     fn run(&mut self, st: &mut StageState, r: &Run, env: &BTreeMap<String, String>) {
-        let args = self.command(&r.command, &st.config);
+        let (args, files) = heredoc_command(&r.command, &st.config);
         // RUN sees the image's ENV and the ARGs in scope (ENV wins on a clash).
         let mut run_env = st.config.env.clone();
         let mut arg_text = Vec::new();
@@ -889,12 +967,6 @@ impl<'a> Planner<'a> {
                     .unwrap_or_else(|| m.raw.clone()),
             );
         }
-        let files: Vec<(String, String, bool)> = r
-            .command
-            .files
-            .iter()
-            .map(|f| (f.name.clone(), f.data.clone(), f.chomp))
-            .collect();
         let cache = r.cache.as_ref().map(|c| match c {
             RunCache::Never { .. } => "never".to_owned(),
             RunCache::Ttl { nanos, .. } => format!("ttl={nanos}ns"),
@@ -949,6 +1021,61 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// RUN's argv with BuildKit's heredoc rules: `RUN <<EOF` alone runs the body (as a script
+/// mounted at /dev/pipes/NAME when it starts with `#!`, else through the shell); any other
+/// command line with heredocs is handed to the shell with the bodies put back in place, so the
+/// shell feeds them to the command (`RUN python3 <<EOF`).
+fn heredoc_command(
+    c: &CommandLine,
+    config: &ImageConfig,
+) -> (Vec<String>, Vec<(String, String, bool)>) {
+    let values = c.values();
+    let with_shell = |cmd: String| {
+        let mut argv = config.shell_or_default();
+        argv.push(cmd);
+        argv
+    };
+    let Some(first) = c.files.first() else {
+        let argv = if c.prepend_shell {
+            with_shell(values.join(" "))
+        } else {
+            values
+        };
+        return (argv, Vec::new());
+    };
+    let line = values.join(" ");
+    let sole = imgbuild_parser::syntax::parse_heredoc(line.trim())
+        .ok()
+        .flatten()
+        .is_some();
+    if sole {
+        let data = if first.chomp {
+            chomp(&first.data)
+        } else {
+            first.data.clone()
+        };
+        if data.starts_with("#!") {
+            let path = format!("/dev/pipes/{}", first.name);
+            return (with_shell(path), vec![(first.name.clone(), data, false)]);
+        }
+        return (with_shell(data), Vec::new());
+    }
+    let mut script = line;
+    for f in &c.files {
+        script.push('\n');
+        script.push_str(&f.data);
+        script.push_str(&f.name);
+    }
+    (with_shell(script), Vec::new())
+}
+
+/// Leading tabs removed from every line (`<<-`).
+fn chomp(data: &str) -> String {
+    data.split_inclusive('\n')
+        .map(|l| l.trim_start_matches('\t'))
+        .collect()
+}
+
 enum CopyIns<'a> {
     Copy(&'a Copy),
     Add(&'a Add),
@@ -969,8 +1096,77 @@ struct LayerStep {
     inputs: Vec<(String, String)>,
 }
 
+/// An http(s) source (BuildKit's `isHTTPSource`); git URLs are told apart by
+/// [`is_git_source`].
 fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@")
+    (s.starts_with("http://") || s.starts_with("https://")) && !is_git_source(s)
+}
+
+/// A git repository as BuildKit recognises one: `git@host:…`, `git://`, `ssh://`, or an
+/// http(s) URL whose path ends in `.git` (a `#ref` may follow).
+fn is_git_source(s: &str) -> bool {
+    if s.starts_with("git@") || s.starts_with("git://") || s.starts_with("ssh://") {
+        return true;
+    }
+    let Some(rest) = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let path = rest.split(['#', '?']).next().unwrap_or("");
+    path.contains('/') && path.ends_with(".git")
+}
+
+fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The name a downloaded file gets in a directory destination, as BuildKit's Dockerfile
+/// frontend names it: the last segment of the URL's path (Go's `path.Base` of the
+/// percent-decoded path), or `__unnamed__` when there is none.
+pub(crate) fn url_file_name(url: &str) -> String {
+    const UNNAMED: &str = "__unnamed__";
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split('#').next().unwrap_or("");
+    let rest = rest.split('?').next().unwrap_or("");
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let Some(decoded) = percent_decode(path) else {
+        return UNNAMED.to_owned();
+    };
+    let base = decoded
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    if base.is_empty() || base == "." || base == ".." || base.contains('\0') {
+        UNNAMED.to_owned()
+    } else {
+        base.to_owned()
+    }
+}
+
+/// `%XX` decoding; None for a malformed escape (Go's url.Parse fails on those).
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Go's `%q` of a string slice: `["a" "b"]`, as BuildKit writes CMD and friends in history.
@@ -1066,5 +1262,28 @@ mod tests {
         assert_eq!(absolute_dest("/app", "f"), "/app/f");
         assert_eq!(absolute_dest("", "/"), "/");
         assert_eq!(go_list(&["a b".into(), "\"".into()]), r#"["a b" "\""]"#);
+    }
+
+    #[test]
+    fn url_sources() {
+        for (url, name) in [
+            ("https://example.com/a/b.tar.gz", "b.tar.gz"),
+            ("https://example.com/a/b.txt?x=1#frag", "b.txt"),
+            ("http://example.com/dir/", "dir"),
+            ("http://example.com/a%20b.txt", "a b.txt"),
+            ("http://example.com", "__unnamed__"),
+            ("http://example.com/", "__unnamed__"),
+            ("http://example.com/%zz", "__unnamed__"),
+            ("http://example.com/x/..", "__unnamed__"),
+        ] {
+            assert_eq!(url_file_name(url), name, "{url}");
+        }
+        assert!(is_url("https://example.com/f"));
+        assert!(!is_url("https://github.com/moby/buildkit.git#v0.12"));
+        assert!(is_git_source("git@github.com:moby/buildkit.git"));
+        assert!(!is_url("./http-notes"));
+        assert!(is_sha256_digest(&format!("sha256:{}", "ab".repeat(32))));
+        assert!(!is_sha256_digest(&format!("sha256:{}", "AB".repeat(32))));
+        assert!(!is_sha256_digest("sha512:ab"));
     }
 }

@@ -4,18 +4,38 @@ use imgbuild_parser::instructions::typed;
 use imgbuild_parser::parse;
 use imgbuild_planner::{
     BaseImage, BuildOptions, ContextQuery, ContextSelection, CopySource, ImageConfig, Inputs, Op,
-    Plan, plan,
+    Plan, RemoteFile, RemoteSource, plan,
 };
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-/// Context files (path -> content digest) and images (name -> config) the tests control.
+/// Context files (path -> content digest), images (name -> config) and remote files (URL ->
+/// content digest) the tests control.
 #[derive(Default, Clone)]
 struct Fixed {
     files: BTreeMap<String, String>,
     images: BTreeMap<String, ImageConfig>,
+    remotes: BTreeMap<String, String>,
+    /// The `remote` calls made: (url, checksum).
+    fetched: RefCell<Vec<(String, Option<String>)>>,
 }
 
 impl Inputs for Fixed {
+    fn remote(&self, url: &str, checksum: Option<&str>) -> Result<RemoteFile, String> {
+        self.fetched
+            .borrow_mut()
+            .push((url.to_owned(), checksum.map(str::to_owned)));
+        let digest = self
+            .remotes
+            .get(url)
+            .cloned()
+            .ok_or_else(|| format!("GET {url}: HTTP 404 Not Found"))?;
+        match checksum {
+            Some(c) if c != digest => Err(format!("checksum mismatch: {c} vs {digest}")),
+            _ => Ok(RemoteFile { digest, size: 1 }),
+        }
+    }
+
     fn image(&self, reference: &str) -> Result<BaseImage, String> {
         let config = self
             .images
@@ -320,4 +340,158 @@ fn errors_are_reported() {
     );
     // P is not declared, so it expands to nothing: no port, no error.
     assert!(e.is_ok());
+}
+
+const URL: &str = "https://example.com/dl/tool-1.0.tar.gz";
+
+fn sha(c: char) -> String {
+    format!("sha256:{}", c.to_string().repeat(64))
+}
+
+fn with_remote(url: &str, digest: &str) -> Fixed {
+    let mut f = inputs();
+    f.remotes.insert(url.into(), digest.into());
+    f
+}
+
+#[test]
+fn add_url_keys_cover_the_url_and_its_content() {
+    let src = format!("FROM alpine\nADD {URL} /opt/\nENV DONE=1\n");
+    let opts = BuildOptions::default();
+    let a = try_plan(&src, &opts, &with_remote(URL, &sha('a'))).unwrap();
+    let add = &a.steps[1];
+    let Op::Copy(c) = &add.op else { panic!() };
+    assert!(c.add);
+    assert_eq!(c.sources, [URL]);
+    assert_eq!(
+        c.remotes,
+        [RemoteSource {
+            url: URL.into(),
+            digest: sha('a'),
+            file_name: "tool-1.0.tar.gz".into(),
+        }]
+    );
+    assert_eq!(c.dest, "/opt/");
+    // plan --explain names the URL and the content digest.
+    assert!(add.inputs.contains(&(format!("url {URL}"), sha('a'))));
+    assert_eq!(add.created_by, format!("ADD {URL} /opt/"));
+
+    // Same URL, same content: same keys.
+    let same = try_plan(&src, &opts, &with_remote(URL, &sha('a'))).unwrap();
+    assert_eq!(keys(&a), keys(&same));
+    // Same URL, new content: the ADD and what follows re-key, the FROM does not.
+    let changed = try_plan(&src, &opts, &with_remote(URL, &sha('b'))).unwrap();
+    assert_eq!(a.steps[0].key, changed.steps[0].key);
+    assert_ne!(a.steps[1].key, changed.steps[1].key);
+    assert_ne!(a.steps[2].key, changed.steps[2].key);
+    // Another URL with the same content: another key (the URL names the file).
+    let other = "https://example.com/dl/other.tar.gz";
+    let moved = try_plan(
+        &src.replace(URL, other),
+        &opts,
+        &with_remote(other, &sha('a')),
+    )
+    .unwrap();
+    assert_ne!(a.steps[1].key, moved.steps[1].key);
+    // --unpack, --chmod and the destination are keyed too.
+    for variant in [
+        format!("FROM alpine\nADD --unpack=true {URL} /opt/\n"),
+        format!("FROM alpine\nADD --chmod=644 {URL} /opt/\n"),
+        format!("FROM alpine\nADD {URL} /srv/\n"),
+    ] {
+        let p = try_plan(&variant, &opts, &with_remote(URL, &sha('a'))).unwrap();
+        assert_ne!(a.steps[1].key, p.steps[1].key, "{variant}");
+    }
+}
+
+#[test]
+fn add_url_checksum_is_passed_on_and_mixed_sources_keep_their_order() {
+    let sum = sha('c');
+    let f = with_remote(URL, &sum);
+    let src = format!("FROM alpine\nADD --checksum={sum} {URL} /t.tgz\n");
+    let p = try_plan(&src, &BuildOptions::default(), &f).unwrap();
+    assert_eq!(
+        f.fetched.borrow().as_slice(),
+        [(URL.to_owned(), Some(sum.clone()))]
+    );
+    let Op::Copy(c) = &p.steps[1].op else {
+        panic!()
+    };
+    assert_eq!(c.checksum.as_deref(), Some(sum.as_str()));
+
+    // A local file and a URL in one ADD: the context is asked only about the path.
+    let f = with_remote(URL, &sha('a'));
+    let p = try_plan(
+        &format!("FROM alpine\nADD a.txt {URL} /d/\n"),
+        &BuildOptions::default(),
+        &f,
+    )
+    .unwrap();
+    let step = p.steps.last().unwrap();
+    let Op::Copy(c) = &step.op else { panic!() };
+    assert_eq!(c.sources, ["a.txt", URL]);
+    assert_eq!(c.remotes.len(), 1);
+    assert!(step.inputs.iter().any(|(k, _)| k == "file a.txt"));
+    assert!(step.inputs.iter().any(|(k, _)| *k == format!("url {URL}")));
+}
+
+#[test]
+fn url_source_rules_follow_buildkit() {
+    let f = with_remote(URL, &sha('a'));
+    let opts = BuildOptions::default();
+    let err = |src: &str| try_plan(src, &opts, &f).unwrap_err();
+    let e = err(&format!("FROM alpine\nCOPY {URL} /\n"));
+    assert!(e.contains("source can't be a URL for COPY"), "{e}");
+    let e = err(&format!(
+        "FROM alpine\nADD --checksum={} a.txt /\n",
+        sha('a')
+    ));
+    assert!(
+        e.contains("checksum can't be specified for non-HTTP(S) sources"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "FROM alpine\nADD --checksum={} {URL} a.txt /d/\n",
+        sha('a')
+    ));
+    assert!(
+        e.contains("checksum can't be specified for multiple sources"),
+        "{e}"
+    );
+    let e = err(&format!("FROM alpine\nADD --checksum=md5:abc {URL} /\n"));
+    assert!(e.contains("invalid checksum \"md5:abc\""), "{e}");
+    let e = err("FROM alpine\nADD https://github.com/moby/buildkit.git#v0.12 /src\n");
+    assert!(e.contains("git repository"), "{e}");
+    // What the outside world says about the URL is the error.
+    let e = err("FROM alpine\nADD https://example.com/nothere /x\n");
+    assert!(
+        e.contains("GET https://example.com/nothere: HTTP 404 Not Found"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "FROM alpine\nADD --checksum={} {URL} /x\n",
+        sha('b')
+    ));
+    assert!(e.contains("checksum mismatch"), "{e}");
+
+    // Inputs that do not implement `remote` (the default) refuse URLs with a message.
+    struct NoNetwork(Fixed);
+    impl Inputs for NoNetwork {
+        fn image(&self, r: &str) -> Result<BaseImage, String> {
+            self.0.image(r)
+        }
+        fn context(&self, q: &ContextQuery) -> Result<ContextSelection, String> {
+            self.0.context(q)
+        }
+    }
+    let parsed = parse(&format!("FROM alpine\nADD {URL} /x\n"), 0);
+    let (t, _) = typed(&parsed.ast);
+    let (p, diags) = plan(&t, &opts, &NoNetwork(inputs()));
+    assert!(p.is_none());
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.message.contains(&format!("cannot fetch {URL}"))),
+        "{diags:?}"
+    );
 }

@@ -1,4 +1,7 @@
-//! What the planner asks, answered from the store and the build context.
+//! What the planner asks, answered from the store, the build context and (for `ADD <url>`)
+//! the network.
+
+mod remote;
 
 use imgbuild_cache::Digest;
 use imgbuild_cache::context::{ContextSnapshot, DigestOptions};
@@ -7,6 +10,7 @@ use imgbuild_cache::store::Store;
 use imgbuild_parser::ignore::PatternMatcher;
 use imgbuild_planner::{
     BaseImage, ContextQuery, ContextSelection, Healthcheck, History, ImageConfig, Inputs,
+    RemoteFile,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +21,8 @@ pub struct StoreInputs<'a> {
     pub context: Option<&'a ContextSnapshot>,
     /// Base images resolved in this build, by reference (each import happens once).
     resolved: Mutex<HashMap<String, Result<BaseImage, String>>>,
+    /// `ADD <url>` downloads (each URL once per build).
+    remote: remote::Fetcher<'a>,
 }
 
 impl<'a> StoreInputs<'a> {
@@ -25,6 +31,7 @@ impl<'a> StoreInputs<'a> {
             store,
             context,
             resolved: Mutex::new(HashMap::new()),
+            remote: remote::Fetcher::new(store),
         }
     }
 
@@ -145,6 +152,10 @@ impl Inputs for StoreInputs<'_> {
             .entry(reference.to_owned())
             .or_insert_with(|| self.resolve_image(reference))
             .clone()
+    }
+
+    fn remote(&self, url: &str, checksum: Option<&str>) -> Result<RemoteFile, String> {
+        self.remote.fetch(url, checksum)
     }
 
     fn context(&self, q: &ContextQuery) -> Result<ContextSelection, String> {

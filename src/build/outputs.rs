@@ -158,11 +158,18 @@ fn apply_layers(store: &Store, manifest: &Digest, root: &Path) -> anyhow::Result
     Ok(())
 }
 
+/// `.<name>.tmp-<pid>` beside `dest`, after removing what killed builds left there (their
+/// staged trees and archives, and trees they were replacing).
 fn temp_beside(dest: &Path) -> PathBuf {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
+    let (tmp, old) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+    imgbuild_cache::store::remove_stale_beside(dest, |n| {
+        let pid = n.strip_prefix(&tmp).or_else(|| n.strip_prefix(&old))?;
+        imgbuild_cache::store::parse_pid(pid)
+    });
     dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 

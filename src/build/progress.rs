@@ -51,6 +51,9 @@ impl Progress for Plain<'_> {
     fn note(&self, message: &str) {
         eprintln!("warning: {message}");
     }
+    fn output(&self, step: &Step, line: &str) {
+        eprintln!("#{} {line}", step.id);
+    }
 }
 
 /// One spinner per running step; finished steps stay as a line with their time.
@@ -95,5 +98,10 @@ impl Progress for Live<'_> {
     }
     fn note(&self, message: &str) {
         let _ = self.multi.println(format!("warning: {message}"));
+    }
+    fn output(&self, step: &Step, line: &str) {
+        if let Some(bar) = self.bars.lock().unwrap().get(&step.id) {
+            bar.set_message(format!("{} │ {line}", label(self.plan, step)));
+        }
     }
 }

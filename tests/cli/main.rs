@@ -1,8 +1,13 @@
 //! Integration tests of the `imgbuild` binary. Each test works in its own temporary directory.
 
+mod add_url;
+mod bases;
 mod build;
 mod check;
+mod hostile;
 mod parse;
+mod robust;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -796,6 +796,12 @@ impl TempPath {
                 dest.display()
             ))
         })?;
+        // What exports killed before their rename left here is garbage: remove it first.
+        let prefix = format!("{}.tmp-", name.to_string_lossy());
+        crate::store::remove_stale_beside(dest, |n| {
+            let (pid, _) = n.strip_prefix(&prefix)?.split_once('-')?;
+            crate::store::parse_pid(pid)
+        });
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut tmp_name = name.to_owned();
         tmp_name.push(format!(".tmp-{}-{n}", std::process::id()));

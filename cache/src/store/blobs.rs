@@ -71,15 +71,20 @@ impl Store {
         Ok(bytes)
     }
 
-    /// Renames a finished temp file to the blob's name. A blob already there with the same
-    /// size is kept (the usual race between builds); one of another size is a truncated
-    /// leftover and is replaced.
-    fn commit_blob(&self, temp: TempFile, digest: &Digest, len: u64) -> Result<(), StoreError> {
-        let dest = self.blob_file(digest);
-        match fs::metadata(&dest) {
-            Ok(meta) if meta.is_file() && meta.len() == len => Ok(()), // `temp` drops
-            _ => temp.persist(&dest),
-        }
+    /// Reads a whole stored blob to check it: the content must hash to its name. Returns its
+    /// size. A cache hit is checked so before it is used: a damaged blob is a miss, never a
+    /// layer handed on.
+    pub fn verify_blob(&self, digest: &Digest) -> Result<u64, StoreError> {
+        self.open_blob(digest)?.finish()
+    }
+
+    /// Renames a finished (so verified) temp file to the blob's name, replacing whatever is
+    /// there. Usually that is an equal blob from a concurrent build (replacing it is harmless:
+    /// the rename is atomic and readers keep the file they opened); but it may be a damaged
+    /// one, same size or not, which this heals. Keeping a blob because it has the right size
+    /// would keep a flipped byte forever.
+    fn commit_blob(&self, temp: TempFile, digest: &Digest) -> Result<(), StoreError> {
+        temp.persist(&self.blob_file(digest))
     }
 
     fn put_blob_from(
@@ -171,7 +176,7 @@ impl BlobWriter {
             });
         }
         let store = temp.store().clone();
-        store.commit_blob(temp, &digest, len)?;
+        store.commit_blob(temp, &digest)?;
         Ok((digest, len))
     }
 }
@@ -389,6 +394,14 @@ mod tests {
         let mut r = store.open_blob(&d).unwrap();
         r.read_exact(&mut [0u8; 10]).unwrap();
         assert!(matches!(r.finish(), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.verify_blob(&d),
+            Err(StoreError::Corrupt { .. })
+        ));
+
+        // Same size, so only hashing tells: a new put of the right content heals it.
+        store.put_blob_bytes(&data).unwrap();
+        assert_eq!(store.verify_blob(&d).unwrap(), data.len() as u64);
 
         // Truncated: detected too; a new put of the right content heals it.
         fs::write(&path, &data[..100]).unwrap();

@@ -347,6 +347,36 @@ pub(super) fn tree_bytes(path: &Path) -> u64 {
     bytes
 }
 
+/// Removes what killed processes left beside an output outside the store (a staged tree, a
+/// half-written archive): the entries of `dest`'s directory for which `owner` gives the pid of
+/// a dead process. Best effort: what cannot be removed stays. As for the store's own temp
+/// entries, writers sharing that directory must share our pid namespace.
+pub fn remove_stale_beside(dest: &Path, owner: impl Fn(&str) -> Option<i32>) {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if let Some(pid) = name.to_str().and_then(&owner)
+            && !pid_alive(pid)
+        {
+            let _ = remove_tree(&entry.path());
+        }
+    }
+}
+
+/// `rest` as a pid when it is all digits (`str::parse` alone would take `+12`).
+pub fn parse_pid(rest: &str) -> Option<i32> {
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
 /// Whether the process `pid` may still be alive (and so still writing its temp entries).
 fn pid_alive(pid: i32) -> bool {
     if pid <= 0 {
@@ -408,6 +438,35 @@ pub(super) fn remove_counted(path: &Path, count: &mut Count, warnings: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_entries_beside_an_output_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ours = std::process::id();
+        // pid_max is at most 2^22, so 999999999 cannot be alive.
+        for name in [
+            "out.tmp-999999999",
+            "out.tmp-+9",
+            "out",
+            "other.tmp-999999999",
+        ] {
+            fs::write(d.join(name), b"x").unwrap();
+        }
+        fs::create_dir_all(d.join("out.tmp-999999998/sub")).unwrap();
+        fs::write(d.join(format!("out.tmp-{ours}")), b"live").unwrap();
+        remove_stale_beside(&d.join("out"), |n| parse_pid(n.strip_prefix("out.tmp-")?));
+        let mut left: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let live = format!("out.tmp-{ours}");
+        assert_eq!(
+            left,
+            ["other.tmp-999999999", "out", "out.tmp-+9", live.as_str()]
+        );
+    }
 
     #[test]
     fn temp_names_carry_our_pid() {

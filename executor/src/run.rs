@@ -1,0 +1,210 @@
+//! RUN, parent side: prepares the overlay directories and the sandbox spec, runs the sandbox
+//! helper, streams its output, and turns the overlay's upper dir into the step's layer entries.
+
+use crate::rootfs::RootFs;
+use crate::sandbox::{Bind, NetMode, Spec};
+use crate::userdb;
+use imgbuild_cache::layer::{DirOptions, Entry, entries_from_dir};
+use imgbuild_planner::{RunOp, Step};
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// Lines of a failed command's output shown in the error.
+const TAIL_LINES: usize = 20;
+
+/// Paths the sandbox creates as mount points; removed from the layer when the image below did
+/// not have them, so mounts never leave stubs behind.
+const MOUNT_POINTS: &[&str] = &[
+    "dev",
+    "proc",
+    "sys",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/hostname",
+    "etc",
+    ".imgbuild-old-root",
+];
+
+/// The program that runs sandboxes: our own binary (`imgbuild __sandbox`), or
+/// `$IMGBUILD_SANDBOX_EXE` (tests of the library run from another binary).
+fn sandbox_exe() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("IMGBUILD_SANDBOX_EXE") {
+        return Ok(PathBuf::from(p));
+    }
+    std::env::current_exe().map_err(|e| format!("cannot find our own executable: {e}"))
+}
+
+/// Runs `op` over `layers` (extracted layer dirs, bottom first) in `scratch`; returns the
+/// entries the command added, changed or deleted.
+pub fn run(
+    step: &Step,
+    op: &RunOp,
+    layers: &[PathBuf],
+    below: &RootFs,
+    scratch: &Path,
+    output: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<Entry>, String> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(
+            "RUN needs root for now (namespaces and overlay mounts); rootless builds come later"
+                .into(),
+        );
+    }
+    let dirs = ["upper", "work", "merged", "etc", "pipes"].map(|d| scratch.join(d));
+    for d in &dirs {
+        fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let [upper, work, merged, etc, pipes] = dirs;
+
+    // USER: a name or number; named users get their passwd group.
+    let (uid, gid) = if op.user.is_empty() {
+        (0, 0)
+    } else {
+        let o = userdb::resolve(&op.user, below, true)?;
+        (o.uid, o.gid)
+    };
+    let hostname = "imgbuild".to_owned();
+    fs::write(
+        etc.join("hosts"),
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    fs::write(etc.join("hostname"), format!("{hostname}\n")).map_err(|e| e.to_string())?;
+    let resolv =
+        fs::read("/etc/resolv.conf").unwrap_or_else(|_| b"nameserver 127.0.0.1\n".to_vec());
+    fs::write(etc.join("resolv.conf"), resolv).map_err(|e| e.to_string())?;
+    let mut binds: Vec<Bind> = ["hosts", "hostname", "resolv.conf"]
+        .iter()
+        .map(|f| Bind {
+            source: etc.join(f),
+            target: format!("/etc/{f}"),
+            readonly: false,
+        })
+        .collect();
+    for (name, data, _) in &op.files {
+        let p = pipes.join(name);
+        fs::write(&p, data).map_err(|e| e.to_string())?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        binds.push(Bind {
+            source: p,
+            target: format!("/dev/pipes/{name}"),
+            readonly: true,
+        });
+    }
+    if !op.mounts.is_empty() {
+        return Err("RUN --mount is not supported yet".into());
+    }
+    let network = match op.network.as_str() {
+        "none" => NetMode::None,
+        _ => NetMode::Host,
+    };
+    let spec = Spec {
+        lower: layers.iter().rev().cloned().collect(),
+        upper: upper.clone(),
+        work,
+        merged,
+        args: op.args.clone(),
+        env: op.env.clone(),
+        cwd: if op.workdir.is_empty() {
+            "/".into()
+        } else {
+            op.workdir.clone()
+        },
+        uid,
+        gid,
+        groups: vec![gid],
+        hostname,
+        network,
+        binds,
+        stdin: None,
+        privileged: op.security == "insecure",
+    };
+    let spec_path = scratch.join("spec.json");
+    fs::write(
+        &spec_path,
+        serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+
+    let mut child = Command::new(sandbox_exe()?)
+        .arg("__sandbox")
+        .arg(&spec_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+    let tail: Arc<Mutex<VecDeque<String>>> = Arc::new(Mutex::new(VecDeque::new()));
+    let status = std::thread::scope(|s| {
+        let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(child.stdout.take().expect("piped")),
+            Box::new(child.stderr.take().expect("piped")),
+        ];
+        for stream in streams {
+            let tail = Arc::clone(&tail);
+            s.spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    output(&line);
+                    let mut t = tail.lock().unwrap();
+                    if t.len() == TAIL_LINES {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            });
+        }
+        child.wait()
+    })
+    .map_err(|e| format!("waiting for the sandbox: {e}"))?;
+    if !status.success() {
+        let code = status.code().unwrap_or(-1);
+        let lines: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+        let mut msg = format!(
+            "`{}` exited with code {code}",
+            step.created_by.trim_start_matches("RUN ")
+        );
+        if !lines.is_empty() {
+            msg.push_str(":\n");
+            for l in lines {
+                msg.push_str("  │ ");
+                msg.push_str(&l);
+                msg.push('\n');
+            }
+        }
+        return Err(msg);
+    }
+
+    // Mount points the image did not have are not part of the result.
+    for m in MOUNT_POINTS {
+        let p = upper.join(m);
+        let in_image = below.lstat(&format!("/{m}")).ok().flatten().is_some();
+        if in_image {
+            continue;
+        }
+        match fs::symlink_metadata(&p) {
+            Ok(meta) if meta.is_dir() => {
+                let _ = fs::remove_dir(&p);
+            }
+            Ok(meta) if meta.len() == 0 => {
+                let _ = fs::remove_file(&p);
+            }
+            _ => {}
+        }
+    }
+    entries_from_dir(
+        &upper,
+        &DirOptions {
+            overlay: true,
+            ..DirOptions::default()
+        },
+    )
+    .map_err(|e| format!("reading the step's changes: {e}"))
+}
