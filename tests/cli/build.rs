@@ -388,3 +388,64 @@ fn backdate(path: &Path) {
         f.set_modified(t).unwrap();
     }
 }
+
+#[test]
+fn plan_renders_as_text_json_and_graphviz() {
+    let dir = scratch(&[
+        (
+            "Dockerfile",
+            b"FROM scratch AS a\nCOPY x /x\nFROM scratch AS b\nCOPY x /y\nFROM scratch\nCOPY --from=a /x /x\nCOPY --from=b /y /y\n",
+        ),
+        ("x", b"x"),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let env = [("IMGBUILD_ROOT", root.path().to_str().unwrap())];
+    let text = stdout(&imgbuild_env(dir.path(), &["plan", "."], &env));
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" build ")).count(),
+        4,
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&imgbuild_env(
+        dir.path(),
+        &["plan", "--format", "json", "."],
+        &env,
+    )))
+    .unwrap();
+    let steps = json["steps"].as_array().unwrap();
+    assert!(steps.iter().all(|s| s["key"].as_str().unwrap().len() == 64));
+    let dot = stdout(&imgbuild_env(
+        dir.path(),
+        &["plan", "--format", "dot", "."],
+        &env,
+    ));
+    require_tool("dot", "graphviz");
+    let mut child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot.as_bytes())
+        .unwrap();
+    let svg = child.wait_with_output().unwrap();
+    assert!(svg.status.success(), "graphviz rejected:\n{dot}");
+    assert!(String::from_utf8_lossy(&svg.stdout).contains("<svg"));
+    // After a build every layer step shows as cached.
+    assert!(
+        imgbuild_env(dir.path(), &["build", "."], &env)
+            .status
+            .success()
+    );
+    let text = stdout(&imgbuild_env(dir.path(), &["plan", "."], &env));
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" cached ")).count(),
+        4,
+        "{text}"
+    );
+}
