@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile (`imgbuild .` is the same as `imgbuild build .`).
-    Build(cmd::build::Args),
+    Build(Box<cmd::build::Args>),
     /// Show the build DAG: each step's key and whether the store has it.
     Plan(cmd::plan::Args),
     /// List the images in the store.
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(argv);
     let result = match cli.command {
-        Command::Build(a) => cmd::build::run(a),
+        Command::Build(a) => cmd::build::run(*a),
         Command::Plan(a) => cmd::plan::run(a),
         Command::Images(a) => cmd::store::images(a),
         Command::Prune(a) => cmd::store::prune(a),

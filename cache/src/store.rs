@@ -10,6 +10,7 @@
 //! <root>/context/            context indexes (written by `crate::context` through `write_atomic`)
 //! <root>/images.json         image store: name:tag -> manifest digest and metadata
 //! <root>/images.lock         flock(2) serialising read-modify-writes of images.json
+//! <root>/cache-mounts/<name>/ RUN --mount=type=cache directories (see `cache_mounts`)
 //! ```
 //!
 //! Invariants:
@@ -28,6 +29,7 @@
 //! write then fails cleanly at the rename, it never corrupts the store).
 
 mod blobs;
+mod cache_mounts;
 mod error;
 mod images;
 mod prune;
@@ -35,6 +37,7 @@ mod steps;
 mod temp;
 
 pub use blobs::{BlobWriter, VerifiedReader};
+pub use cache_mounts::{CacheMount, CacheSharing};
 pub use error::StoreError;
 pub use images::{ImageMeta, normalize_name};
 pub use prune::{Count, PruneMode, PruneReport, Usage};
@@ -66,6 +69,7 @@ const LAYOUT: &[&str] = &[
     "context",
     "images.json",
     "images.lock",
+    "cache-mounts",
 ];
 
 /// How a store is locked while a handle is open.
@@ -291,7 +295,14 @@ fn initialise(root: &Path) -> Result<(), StoreError> {
     }
     // Before creating anything else: a newer layout is left exactly as it is.
     check_version(root)?;
-    for dir in ["tmp", "blobs/sha256", "steps", "layers", "context"] {
+    for dir in [
+        "tmp",
+        "blobs/sha256",
+        "steps",
+        "layers",
+        "context",
+        "cache-mounts",
+    ] {
         let path = root.join(dir);
         fs::create_dir_all(&path).map_err(StoreError::io("create directory", path.clone()))?;
     }

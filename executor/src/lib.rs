@@ -4,19 +4,31 @@
 //! layer blob plus a step record (`steps/<key>.json`) naming it, both written atomically by the
 //! store, so a build killed at any point leaves a store the next build can trust.
 //!
+//! Steps run in parallel ([`schedule`]): every lookup is done first, then each step is decided
+//! as soon as its inputs are done — a hit when its record is usable, its cache policy allows
+//! it and it was built on the very layers this build has below it (see [`StepRecord::base`]),
+//! else a run on the pool.
+//!
 //! Architecture invariant: the only crate that spawns processes or mounts (RUN, from the next
 //! milestone). What layers contain depends only on the step's keyed inputs: file contents,
 //! modes, the epoch — never the wall clock, the host's user names, or the context's mtimes.
 
+pub mod cancel;
 pub mod chmod;
 mod copy;
 mod image;
+mod mounts;
 pub mod rootfs;
 mod run;
 pub mod sandbox;
+mod schedule;
+pub mod trace;
 pub mod userdb;
 
+pub use schedule::{Outcome, Timing};
+
 pub use image::{ImageOutput, assemble, rfc3339};
+pub use mounts::{SecretSource, Session};
 
 use imgbuild_cache::context::ContextSnapshot;
 use imgbuild_cache::layer::{
@@ -27,13 +39,15 @@ use imgbuild_cache::oci::{ImageConfig as OciConfig, Manifest};
 use imgbuild_cache::store::{Lookup, Store};
 use imgbuild_cache::{Digest, DigestWriter};
 use imgbuild_planner::{Op, Plan, Step};
+use rayon::prelude::*;
 use rootfs::RootFs;
+use schedule::{Panicked, Ready};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A layer as the store holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +65,18 @@ pub struct StepRecord {
     /// What the key was computed from (for `plan --explain`).
     #[serde(default)]
     pub inputs: Vec<(String, String)>,
+    /// A digest of the diffIDs the layer was made on top of: the layers of the step's parent
+    /// chain (not for `COPY --link`, whose layer does not depend on them) and of each dep's
+    /// chain. The record is reused only when this build has the same layers there: a key
+    /// names the inputs, but a step that re-ran under `--cache=never`/`ttl` (or after damage)
+    /// can make a different layer under the same key, and everything built on the old one
+    /// must then run again. A record without it (older imgbuild) is never reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Digest>,
+    /// When the result was made: milliseconds since 1970, wall clock (for
+    /// `RUN --cache=ttl=…`; it never enters a key, a layer or an image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_ms: Option<u64>,
 }
 
 /// The digests a step record keeps alive (for prune).
@@ -70,6 +96,17 @@ pub enum ExecError {
     Store(#[from] imgbuild_cache::store::StoreError),
     #[error("{0}")]
     Other(String),
+    /// More than one step failed (steps that ran at once): each one's error, in step order.
+    #[error("{} steps failed:\n{}", .0.len(), list(.0))]
+    Failed(Vec<ExecError>),
+    /// The build was cancelled ([`cancel::cancel`], on Ctrl-C).
+    #[error("the build was cancelled")]
+    Cancelled,
+}
+
+fn list(errors: &[ExecError]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    lines.join("\n")
 }
 
 impl ExecError {
@@ -79,15 +116,31 @@ impl ExecError {
             message: message.into(),
         }
     }
+
+    /// The failures this error stands for: each failed step's error, or itself.
+    pub fn errors(&self) -> Vec<&ExecError> {
+        match self {
+            ExecError::Failed(all) => all.iter().collect(),
+            e => vec![e],
+        }
+    }
 }
 
-/// Build-wide settings that change layer bytes.
+impl From<Panicked> for ExecError {
+    fn from(p: Panicked) -> ExecError {
+        ExecError::Other(p.0)
+    }
+}
+
+/// Build-wide settings: what changes layer bytes, and how many steps run at once.
 #[derive(Clone, Copy, Debug)]
 pub struct ExecOptions {
     /// `SOURCE_DATE_EPOCH`, default 0: mtimes in layers are clamped to it, and it is the
     /// image's `created` time.
     pub epoch: u64,
     pub compression: Compression,
+    /// At most this many steps run at once (`--jobs`; at least 1). Never changes a result.
+    pub jobs: usize,
 }
 
 impl Default for ExecOptions {
@@ -95,8 +148,14 @@ impl Default for ExecOptions {
         ExecOptions {
             epoch: 0,
             compression: Compression::Zstd,
+            jobs: default_jobs(),
         }
     }
+}
+
+/// The default `--jobs`: the number of CPUs this process may use.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// How a step went, for progress output and tests.
@@ -104,9 +163,64 @@ impl Default for ExecOptions {
 pub enum StepState {
     Cached,
     Done,
+    Failed,
+    /// It was running when the build was cancelled.
+    Cancelled,
+}
+
+/// A RUN's `--cache=` policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Reuse a usable record (the default).
+    Reuse,
+    /// `--cache=never`: always run; the new result is still recorded.
+    Never,
+    /// `--cache=ttl=…`: reuse a record only while it is younger than this.
+    Ttl(Duration),
+}
+
+impl CachePolicy {
+    /// The policy of a step (`RunOp::cache` is `never` or `ttl=<nanos>ns`).
+    pub fn of(step: &Step) -> CachePolicy {
+        match &step.op {
+            Op::Run(r) => CachePolicy::parse(r.cache.as_deref()),
+            _ => CachePolicy::Reuse,
+        }
+    }
+
+    /// `RunOp::cache`'s form: `never`, `ttl=<nanos>ns`, or none.
+    pub fn parse(cache: Option<&str>) -> CachePolicy {
+        match cache {
+            None => CachePolicy::Reuse,
+            Some(c) => c
+                .strip_prefix("ttl=")
+                .and_then(|t| t.strip_suffix("ns"))
+                .and_then(|n| n.parse().ok())
+                .map(|n| CachePolicy::Ttl(Duration::from_nanos(n)))
+                // `never`, and anything we cannot read: running again is always correct.
+                .unwrap_or(CachePolicy::Never),
+        }
+    }
+
+    /// Whether a record made at `made_ms` may be reused at `now`; `None` when it may, else
+    /// why not. A missing time, or one in the future, counts as expired.
+    pub fn refuses(self, made_ms: Option<u64>, now: SystemTime) -> Option<&'static str> {
+        match self {
+            CachePolicy::Reuse => None,
+            CachePolicy::Never => Some("never"),
+            CachePolicy::Ttl(ttl) => {
+                let now_ms = now.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64;
+                match made_ms {
+                    Some(m) if m <= now_ms && Duration::from_millis(now_ms - m) < ttl => None,
+                    _ => Some("expired"),
+                }
+            }
+        }
+    }
 }
 
 /// Progress reporting; implemented by the CLI (plain lines, a live TTY view, or nothing).
+/// Called from the threads steps run on, so from several at once.
 pub trait Progress: Sync {
     fn started(&self, step: &Step);
     fn finished(&self, step: &Step, state: StepState, took: Duration);
@@ -142,8 +256,18 @@ pub struct Executor<'a> {
     pub context: Option<&'a ContextSnapshot>,
     pub options: ExecOptions,
     pub progress: &'a dyn Progress,
+    /// `--secret`s and `--ssh` agents for `RUN --mount=type=secret|ssh` (empty by default).
+    pub session: Session,
     /// Layer steps' results by step id.
     results: Mutex<HashMap<usize, LayerRecord>>,
+    /// Base images' layers by manifest digest (read once).
+    images: Mutex<HashMap<String, Vec<LayerRecord>>>,
+    /// One lock per layer being extracted, so two steps needing it extract it once.
+    extracting: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
+    /// What the last `run` did, for `--trace`.
+    timeline: Mutex<Vec<Timing>>,
+    /// Per layer step, why it was or was not a cache hit (for the trace).
+    cache_notes: Mutex<HashMap<usize, &'static str>>,
 }
 
 impl<'a> Executor<'a> {
@@ -160,39 +284,154 @@ impl<'a> Executor<'a> {
             context,
             options,
             progress,
+            session: Session::default(),
             results: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            extracting: Mutex::new(HashMap::new()),
+            timeline: Mutex::new(Vec::new()),
+            cache_notes: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Runs every step (cache hits are not re-run) and assembles the target's image.
+    /// When each step of the last [`run`](Executor::run) was ready, started and ended.
+    pub fn timeline(&self) -> Vec<Timing> {
+        self.timeline.lock().unwrap().clone()
+    }
+
+    /// The last run's timeline as Chrome trace-event JSON ([`trace::chrome`]).
+    pub fn trace(&self) -> serde_json::Value {
+        trace::chrome(
+            self.plan,
+            &self.timeline.lock().unwrap(),
+            &self.cache_notes.lock().unwrap(),
+        )
+    }
+
+    fn note_cache(&self, id: usize, why: &'static str) {
+        self.cache_notes.lock().unwrap().insert(id, why);
+    }
+
+    /// Runs every step (cache hits are not re-run), at most `jobs` at once, and assembles
+    /// the target's image. Every failed step is reported ([`ExecError::Failed`] when more
+    /// than one failed).
     pub fn run(&self) -> Result<Built, ExecError> {
-        let (mut cached, mut executed) = (0, 0);
-        for id in self.plan.order() {
+        let jobs = self.options.jobs.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .thread_name(|i| format!("imgbuild-job-{i}"))
+            .build()
+            .map_err(|e| ExecError::Other(format!("cannot start the build's threads: {e}")))?;
+        if cancel::is_cancelled() {
+            return Err(ExecError::Cancelled);
+        }
+        // Every lookup first, in parallel, before anything runs: a lookup never waits behind
+        // a running step.
+        let now = SystemTime::now();
+        let found: HashMap<usize, StepRecord> = pool.install(|| {
+            self.plan
+                .steps
+                .par_iter()
+                .filter(|s| s.layer)
+                .filter_map(|s| self.lookup(s, now).map(|r| (s.id, r)))
+                .collect()
+        });
+        let mut inputs: Vec<Vec<usize>> = self
+            .plan
+            .steps
+            .iter()
+            .map(|s| s.parent.iter().chain(&s.deps).copied().collect())
+            .collect();
+        // A step with the key of an earlier one (identical stages) waits for it and takes its
+        // result when it is built on the same layers, as BuildKit merges equal vertices.
+        let mut first: HashMap<imgbuild_planner::Key, usize> = HashMap::new();
+        let mut twin: HashMap<usize, usize> = HashMap::new();
+        for s in self.plan.steps.iter().filter(|s| s.layer) {
+            let earlier = *first.entry(s.key).or_insert(s.id);
+            if earlier != s.id {
+                twin.insert(s.id, earlier);
+                inputs[s.id].push(earlier);
+            }
+        }
+        let mut cached = 0;
+        let mut ready = |id: usize| -> Result<Ready, ExecError> {
             let step = &self.plan.steps[id];
             if !step.layer {
-                continue;
+                return Ok(Ready::Nothing);
             }
             let start = Instant::now();
-            if let Some(rec) = self.lookup(step) {
-                self.results.lock().unwrap().insert(id, rec);
+            let mut hit = |layer: LayerRecord, why: &'static str| {
+                self.results.lock().unwrap().insert(id, layer);
+                self.note_cache(id, why);
                 cached += 1;
                 self.progress
                     .finished(step, StepState::Cached, start.elapsed());
-                continue;
+                Ok(Ready::Cached)
+            };
+            if let Some(&t) = twin.get(&id) {
+                let done = self.results.lock().unwrap().get(&t).cloned();
+                if let Some(layer) = done
+                    && self.base(step)? == self.base(&self.plan.steps[t])?
+                {
+                    return hit(layer, "same step earlier in this build");
+                }
             }
+            let Some(record) = found.get(&id) else {
+                return Ok(Ready::Run);
+            };
+            if record.base != Some(self.base(step)?) {
+                self.note_cache(id, "inputs changed");
+                return Ok(Ready::Run);
+            }
+            hit(record.layer.clone(), "hit")
+        };
+        let work = |id: usize| -> Result<(), ExecError> {
+            let step = &self.plan.steps[id];
+            let start = Instant::now();
             self.progress.started(step);
-            let layer = self.execute(step)?;
-            self.store.put_step(
-                &step.key.0,
-                &StepRecord {
+            let result = self.execute(step).and_then(|layer| {
+                let record = StepRecord {
                     layer: layer.clone(),
                     inputs: step.inputs.clone(),
-                },
-            )?;
-            self.results.lock().unwrap().insert(id, layer);
-            executed += 1;
-            self.progress
-                .finished(step, StepState::Done, start.elapsed());
+                    base: Some(self.base(step)?),
+                    made_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_millis() as u64),
+                };
+                self.store.put_step(&step.key.0, &record)?;
+                self.results.lock().unwrap().insert(id, layer);
+                Ok(())
+            });
+            let state = match &result {
+                Ok(()) => StepState::Done,
+                Err(_) if cancel::is_cancelled() => StepState::Cancelled,
+                Err(_) => StepState::Failed,
+            };
+            self.progress.finished(step, state, start.elapsed());
+            result
+        };
+        let report = schedule::run(
+            &inputs,
+            &pool,
+            jobs,
+            &mut ready,
+            &work,
+            &cancel::is_cancelled,
+        );
+        let executed = report
+            .timeline
+            .iter()
+            .filter(|t| t.outcome == Outcome::Done)
+            .count();
+        *self.timeline.lock().unwrap() = report.timeline;
+        if report.cancelled {
+            return Err(ExecError::Cancelled);
+        }
+        let mut failures: Vec<ExecError> = report.failures.into_iter().map(|(_, e)| e).collect();
+        match failures.len() {
+            0 => {}
+            1 => return Err(failures.remove(0)),
+            _ => return Err(ExecError::Failed(failures)),
         }
         let target = self.plan.target_stage();
         let layers = self.chain_layers(target.last)?;
@@ -207,23 +446,53 @@ impl<'a> Executor<'a> {
         })
     }
 
-    /// A usable cached result: the record parses, and its blob is in the store with the
-    /// recorded size and content. The blob is read and hashed in full: a size check alone
-    /// misses a flipped byte, and a damaged layer must be a miss (the step runs again and its
-    /// new blob replaces the damaged one), never a layer handed on to the image.
-    fn lookup(&self, step: &Step) -> Option<LayerRecord> {
+    /// The digest of the layers `step` builds on ([`StepRecord::base`]); its inputs are done.
+    fn base(&self, step: &Step) -> Result<Digest, ExecError> {
+        let mut w = DigestWriter::new(io::sink());
+        let link = matches!(&step.op, Op::Copy(c) if c.link);
+        let below = step.parent.filter(|_| !link).map(|p| ("parent", p));
+        for (what, id) in below
+            .into_iter()
+            .chain(step.deps.iter().map(|&d| ("dep", d)))
+        {
+            let layers = self.chain_layers(id)?;
+            let _ = writeln!(w, "{what} {}", layers.len());
+            for l in layers {
+                let _ = writeln!(w, "{}", l.diff_id);
+            }
+        }
+        Ok(w.finish().0)
+    }
+
+    /// A usable cached result: the record parses, its cache policy allows it, and its blob
+    /// is in the store with the recorded size and content. A damaged layer must be a miss (the
+    /// step runs again and its new blob replaces the damaged one), never a layer handed on to
+    /// the image. Whether it was built on this build's layers is checked once its inputs are
+    /// done ([`StepRecord::base`]).
+    fn lookup(&self, step: &Step, now: SystemTime) -> Option<StepRecord> {
         use imgbuild_cache::store::StoreError;
-        let record = match self.store.get_step::<StepRecord>(&step.key.0) {
-            Lookup::Hit(r) => r.layer,
+        let found = match self.store.get_step::<StepRecord>(&step.key.0) {
+            Lookup::Hit(r) => r,
             Lookup::Unusable(e) => {
                 self.progress
                     .note(&format!("ignoring a damaged cache record: {e}"));
+                self.note_cache(step.id, "damaged record");
                 return None;
             }
             Lookup::Miss => return None,
         };
+        if let Some(why) = CachePolicy::of(step).refuses(found.made_ms, now) {
+            self.note_cache(step.id, why);
+            return None;
+        }
+        if found.base.is_none() {
+            self.note_cache(step.id, "old record");
+            return None;
+        }
+        let record = &found.layer;
         let digest = record.digest;
         let damaged = |why: String| {
+            self.note_cache(step.id, "damaged layer");
             let what = step.created_by.lines().next().unwrap_or_default();
             self.progress.note(&format!(
                 "ignoring the cached result of `{what}`: its layer blob {digest} {why}; \
@@ -252,10 +521,10 @@ impl<'a> Executor<'a> {
             _ => true,
         };
         if !blob_changed {
-            return Some(record);
+            return Some(found);
         }
         match self.store.verify_blob(&digest) {
-            Ok(_) => Some(record),
+            Ok(_) => Some(found),
             Err(StoreError::MissingBlob { .. }) => None,
             Err(StoreError::Corrupt { path, found, .. }) => damaged(format!(
                 "({}) is corrupt: its content hashes to {found}",
@@ -323,7 +592,7 @@ impl<'a> Executor<'a> {
                 let below = RootFs::new(dirs.clone());
                 let scratch = self.store.temp_dir()?;
                 let out = |line: &str| self.progress.output(step, line);
-                let entries = run::run(step, r, &dirs, &below, scratch.path(), &out)
+                let entries = run::run(self, step, r, &dirs, &below, scratch.path(), &out)
                     .map_err(|e| ExecError::step(step, e))?;
                 let layer = self.write_layer(step, entries);
                 drop(scratch);
@@ -376,7 +645,21 @@ impl<'a> Executor<'a> {
         for id in self.plan.chain(last) {
             let step = &self.plan.steps[id];
             match &step.op {
-                Op::Image { manifest, .. } => out.extend(self.image_layers(step, manifest)?),
+                Op::Image { manifest, .. } => {
+                    let known = self.images.lock().unwrap().get(manifest).cloned();
+                    let layers = match known {
+                        Some(l) => l,
+                        None => {
+                            let l = self.image_layers(step, manifest)?;
+                            self.images
+                                .lock()
+                                .unwrap()
+                                .insert(manifest.clone(), l.clone());
+                            l
+                        }
+                    };
+                    out.extend(layers)
+                }
                 _ if step.layer => {
                     let rec = self.results.lock().unwrap().get(&id).cloned();
                     out.push(rec.ok_or_else(|| {
@@ -447,8 +730,21 @@ impl<'a> Executor<'a> {
     }
 
     /// The directory a layer is extracted in, extracting it once (whiteouts kept as marker
-    /// files: [`RootFs`] applies them when reading).
+    /// files: [`RootFs`] applies them when reading). Steps of this build that need the same
+    /// layer at once wait for one extraction; against another process, the store's
+    /// no-replace rename settles it (the loser's tree is discarded, the path is the same).
     fn extracted(&self, layer: &LayerRecord) -> Result<PathBuf, ExecError> {
+        if let Some(d) = self.store.layer_dir(&layer.diff_id) {
+            return Ok(d);
+        }
+        let lock = Arc::clone(
+            self.extracting
+                .lock()
+                .unwrap()
+                .entry(layer.diff_id)
+                .or_default(),
+        );
+        let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = self.store.layer_dir(&layer.diff_id) {
             return Ok(d);
         }
@@ -499,5 +795,44 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         io::Write::write_all(&mut self.digest, &buf[..n])?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_policies() {
+        assert_eq!(CachePolicy::parse(None), CachePolicy::Reuse);
+        assert_eq!(CachePolicy::parse(Some("never")), CachePolicy::Never);
+        assert_eq!(
+            CachePolicy::parse(Some("ttl=3600000000000ns")),
+            CachePolicy::Ttl(Duration::from_secs(3600))
+        );
+        assert_eq!(CachePolicy::parse(Some("ttl=1h")), CachePolicy::Never);
+
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ms = |secs: u64| Some(secs * 1000);
+        assert_eq!(CachePolicy::Reuse.refuses(None, now), None);
+        assert_eq!(CachePolicy::Never.refuses(ms(999_999), now), Some("never"));
+        let hour = CachePolicy::Ttl(Duration::from_secs(3600));
+        assert_eq!(hour.refuses(ms(1_000_000 - 3599), now), None);
+        assert_eq!(hour.refuses(ms(1_000_000 - 3600), now), Some("expired"));
+        // No time, or one in the future: expired.
+        assert_eq!(hour.refuses(None, now), Some("expired"));
+        assert_eq!(hour.refuses(ms(1_000_001), now), Some("expired"));
+    }
+
+    #[test]
+    fn errors_list_every_failure() {
+        let one = ExecError::Other("a".into());
+        assert_eq!(one.errors().len(), 1);
+        let all = ExecError::Failed(vec![
+            ExecError::Other("a".into()),
+            ExecError::Other("b".into()),
+        ]);
+        assert_eq!(all.errors().len(), 2);
+        assert_eq!(all.to_string(), "2 steps failed:\na\nb");
     }
 }

@@ -1,6 +1,8 @@
 //! RUN, parent side: prepares the overlay directories and the sandbox spec, runs the sandbox
 //! helper, streams its output, and turns the overlay's upper dir into the step's layer entries.
 
+use crate::Executor;
+use crate::mounts;
 use crate::rootfs::RootFs;
 use crate::sandbox::{Bind, NetMode, Spec};
 use crate::userdb;
@@ -36,12 +38,19 @@ fn sandbox_exe() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("IMGBUILD_SANDBOX_EXE") {
         return Ok(PathBuf::from(p));
     }
+    // /proc/self/exe, not the path it points to: it still runs this very binary when the file
+    // has been replaced (an upgrade, a rebuild) while the build was running.
+    let exe = PathBuf::from("/proc/self/exe");
+    if exe.exists() {
+        return Ok(exe);
+    }
     std::env::current_exe().map_err(|e| format!("cannot find our own executable: {e}"))
 }
 
 /// Runs `op` over `layers` (extracted layer dirs, bottom first) in `scratch`; returns the
 /// entries the command added, changed or deleted.
-pub fn run(
+pub(crate) fn run(
+    exec: &Executor,
     step: &Step,
     op: &RunOp,
     layers: &[PathBuf],
@@ -98,8 +107,14 @@ pub fn run(
             readonly: true,
         });
     }
-    if !op.mounts.is_empty() {
-        return Err("RUN --mount is not supported yet".into());
+    let privileged = op.security == "insecure";
+    // Held until the command has ended: cache-mount locks, the secrets, the ssh proxies.
+    let mounted = mounts::prepare(exec, step, op, below, scratch, privileged)?;
+    let mut env = op.env.clone();
+    for kv in &mounted.env {
+        let name = kv.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(name));
+        env.push(kv.clone());
     }
     let network = match op.network.as_str() {
         "none" => NetMode::None,
@@ -111,7 +126,7 @@ pub fn run(
         work,
         merged,
         args: op.args.clone(),
-        env: op.env.clone(),
+        env,
         cwd: if op.workdir.is_empty() {
             "/".into()
         } else {
@@ -124,7 +139,9 @@ pub fn run(
         network,
         binds,
         stdin: None,
-        privileged: op.security == "insecure",
+        privileged,
+        mounts: mounted.mounts.clone(),
+        secret_env: mounted.secret_env.clone(),
     };
     let spec_path = scratch.join("spec.json");
     fs::write(
@@ -133,14 +150,16 @@ pub fn run(
     )
     .map_err(|e| e.to_string())?;
 
-    let mut child = Command::new(sandbox_exe()?)
-        .arg("__sandbox")
-        .arg(&spec_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the sandbox: {e}"))?;
+    // In a process group of its own, which a cancelled build kills (crate::cancel).
+    let (mut child, group) = crate::cancel::spawn(
+        Command::new(sandbox_exe()?)
+            .arg("__sandbox")
+            .arg(&spec_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .map_err(|e| format!("cannot start the sandbox: {e}"))?;
     let tail: Arc<Mutex<VecDeque<String>>> = Arc::new(Mutex::new(VecDeque::new()));
     let status = std::thread::scope(|s| {
         let streams: Vec<Box<dyn std::io::Read + Send>> = vec![
@@ -164,6 +183,7 @@ pub fn run(
         child.wait()
     })
     .map_err(|e| format!("waiting for the sandbox: {e}"))?;
+    drop(group);
     if !status.success() {
         let code = status.code().unwrap_or(-1);
         let lines: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
@@ -182,23 +202,19 @@ pub fn run(
         return Err(msg);
     }
 
+    drop(mounted.guards);
     // Mount points the image did not have are not part of the result.
-    for m in MOUNT_POINTS {
-        let p = upper.join(m);
-        let in_image = below.lstat(&format!("/{m}")).ok().flatten().is_some();
-        if in_image {
-            continue;
-        }
-        match fs::symlink_metadata(&p) {
-            Ok(meta) if meta.is_dir() => {
-                let _ = fs::remove_dir(&p);
-            }
-            Ok(meta) if meta.len() == 0 => {
-                let _ = fs::remove_file(&p);
-            }
-            _ => {}
-        }
-    }
+    let targets: Vec<String> = MOUNT_POINTS
+        .iter()
+        .map(|m| (*m).to_owned())
+        .chain(
+            mounted
+                .mounts
+                .iter()
+                .map(|m| m.target.trim_start_matches('/').to_owned()),
+        )
+        .collect();
+    mounts::remove_stubs(&upper, below, &targets);
     entries_from_dir(
         &upper,
         &DirOptions {

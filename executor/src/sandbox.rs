@@ -5,7 +5,8 @@
 //! ```text
 //! imgbuild (build)            waits for the helper, reads its output
 //!  └─ imgbuild __sandbox      unshare(mount, uts, ipc, pid[, net]); fork
-//!      └─ init (pid 1)        mounts the overlay root, /proc, /dev, /sys, /etc files;
+//!      └─ init (pid 1)        mounts the overlay root, /proc, /dev, /sys, /etc files,
+//!          │                  the RUN --mounts (mount points made without following links);
 //!          │                  pivot_root; fork; reaps until the command exits
 //!          └─ command         no_new_privs, Docker's capability set, USER; execve
 //! ```
@@ -41,6 +42,9 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// The PATH a RUN gets when the image sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Network mode of a RUN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetMode {
@@ -57,6 +61,40 @@ pub struct Bind {
     /// Absolute path inside the sandbox.
     pub target: String,
     pub readonly: bool,
+}
+
+/// A `RUN --mount` inside the sandbox (made by `mounts::prepare`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Absolute, with symlinks resolved in the image below.
+    pub target: String,
+    /// The target is a directory (else a file or a socket).
+    pub dir: bool,
+    pub kind: MountKind,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MountKind {
+    /// A host path.
+    Bind {
+        source: PathBuf,
+        readonly: bool,
+        /// nosuid and nodev (secrets, sockets).
+        restricted: bool,
+    },
+    /// An overlay of `lower` (top first, at least two) mounted at `staging`, writable into
+    /// `upper`/`work` when given (the writes are discarded with the scratch dir); its
+    /// `subpath` (relative, resolved) is bound at the target.
+    Overlay {
+        lower: Vec<PathBuf>,
+        upper: Option<(PathBuf, PathBuf)>,
+        staging: PathBuf,
+        subpath: String,
+    },
+    Tmpfs {
+        size: Option<i64>,
+        readonly: bool,
+    },
 }
 
 /// Everything the helper needs, written as JSON by the parent.
@@ -80,6 +118,13 @@ pub struct Spec {
     pub stdin: Option<PathBuf>,
     /// Keep every capability (`--security=insecure`).
     pub privileged: bool,
+    /// `RUN --mount`s, parents before children; mounted after `binds`.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+    /// Secrets for the command's environment: (variable, file holding the value). The values
+    /// are read here, never written into the spec.
+    #[serde(default)]
+    pub secret_env: Vec<(String, PathBuf)>,
 }
 
 /// Entry point of `imgbuild __sandbox SPEC`. Never returns.
@@ -95,6 +140,8 @@ pub fn helper_main(spec_path: &Path) -> ! {
 }
 
 fn run_helper(spec_path: &Path) -> Result<i32, String> {
+    // If the build dies (even by SIGKILL), its sandboxes die with it.
+    die_with_parent();
     let spec: Spec = serde_json::from_slice(
         &fs::read(spec_path).map_err(|e| format!("reading {}: {e}", spec_path.display()))?,
     )
@@ -142,6 +189,8 @@ fn ctx<T>(r: nix::Result<T>, what: impl Fn() -> String) -> Result<T, String> {
 
 /// PID 1 of the sandbox.
 fn init(spec: &Spec) -> Result<i32, String> {
+    // PID 1 dying tears the whole PID namespace down.
+    die_with_parent();
     // Nothing we mount may propagate back to the host.
     ctx(
         mount(
@@ -218,6 +267,15 @@ fn init(spec: &Spec) -> Result<i32, String> {
         }
         bind(&b.source, &target, b.readonly)?;
     }
+    for m in &spec.mounts {
+        run_mount(root, m)?;
+    }
+    // Secret values go from their private files straight into the command's environment.
+    let mut secret_env = Vec::new();
+    for (name, path) in &spec.secret_env {
+        let value = fs::read(path).map_err(|e| format!("reading the secret for ${name}: {e}"))?;
+        secret_env.push((name.clone(), value));
+    }
     ctx(sethostname(&spec.hostname), || "sethostname".into())?;
     if spec.network == NetMode::None {
         loopback_up()?;
@@ -240,7 +298,7 @@ fn init(spec: &Spec) -> Result<i32, String> {
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => Ok(reap_until(child)),
         ForkResult::Child => {
-            let e = exec_command(spec);
+            let e = exec_command(spec, &secret_env);
             eprintln!("imgbuild sandbox: {e}");
             std::process::exit(127)
         }
@@ -260,7 +318,7 @@ fn reap_until(main: Pid) -> i32 {
     }
 }
 
-fn exec_command(spec: &Spec) -> String {
+fn exec_command(spec: &Spec, secret_env: &[(String, Vec<u8>)]) -> String {
     if let Err(e) = std::env::set_current_dir(&spec.cwd) {
         return format!("cannot enter the working directory {}: {e}", spec.cwd);
     }
@@ -320,22 +378,31 @@ fn exec_command(spec: &Spec) -> String {
         Ok(v) => v,
         Err(_) => return "a command argument holds a NUL byte".into(),
     };
-    let cenv: Vec<CString> = spec
+    let secret_names: Vec<String> = secret_env.iter().map(|(k, _)| format!("{k}=")).collect();
+    let mut cenv: Vec<CString> = spec
         .env
         .iter()
+        .filter(|e| !secret_names.iter().any(|k| e.starts_with(k.as_str())))
         .filter_map(|e| CString::new(e.as_bytes()).ok())
         .collect();
+    for (k, v) in secret_env {
+        let mut kv = format!("{k}=").into_bytes();
+        kv.extend_from_slice(v);
+        match CString::new(kv) {
+            Ok(c) => cenv.push(c),
+            Err(_) => return format!("the secret for ${k} holds a NUL byte"),
+        }
+    }
     // PATH lookup uses the image's PATH (execvpe reads it from our own environment).
     if let Some(path) = spec.env.iter().find_map(|e| e.strip_prefix("PATH=")) {
         // SAFETY: single-threaded child just before exec.
         unsafe { std::env::set_var("PATH", path) };
     } else {
-        unsafe {
-            std::env::set_var(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-        };
+        // An image without PATH gets Docker's default, for the lookup and for the command.
+        unsafe { std::env::set_var("PATH", DEFAULT_PATH) };
+        if let Ok(c) = CString::new(format!("PATH={DEFAULT_PATH}")) {
+            cenv.push(c);
+        }
     }
     let cprog = match CString::new(prog.as_bytes()) {
         Ok(c) => c,
@@ -345,6 +412,23 @@ fn exec_command(spec: &Spec) -> String {
         Err(nix::errno::Errno::ENOENT) => format!("{prog}: not found in the image"),
         Err(e) => format!("cannot run {prog}: {e}"),
         Ok(_) => unreachable!(),
+    }
+}
+
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`, and exit at once if the parent is already gone.
+fn die_with_parent() {
+    const PR_SET_PDEATHSIG: i32 = 1;
+    const SIGKILL: u64 = 9;
+    unsafe extern "C" {
+        fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+        fn getppid() -> i32;
+    }
+    // SAFETY: prctl/getppid with plain integer arguments.
+    unsafe {
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if getppid() == 1 {
+            std::process::exit(125);
+        }
     }
 }
 
@@ -446,6 +530,134 @@ fn ensure_dir(root: &Path, rel: &str) -> Result<PathBuf, String> {
     let p = root.join(rel);
     fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
     Ok(p)
+}
+
+/// One `RUN --mount`: its mount point is made inside `root` without following symlinks.
+fn run_mount(root: &Path, m: &MountSpec) -> Result<(), String> {
+    let target = mount_point(root, &m.target, m.dir)?;
+    match &m.kind {
+        MountKind::Bind {
+            source,
+            readonly,
+            restricted,
+        } => {
+            if *restricted {
+                let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                if *readonly {
+                    flags |= MsFlags::MS_RDONLY;
+                }
+                bind_with(source, &target, flags)
+            } else {
+                bind(source, &target, *readonly)
+            }
+        }
+        MountKind::Overlay {
+            lower,
+            upper,
+            staging,
+            subpath,
+        } => {
+            let lowerdir: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+            let mut opts = format!("lowerdir={}", lowerdir.join(":"));
+            if let Some((u, w)) = upper {
+                opts.push_str(&format!(
+                    ",upperdir={},workdir={}",
+                    u.display(),
+                    w.display()
+                ));
+            }
+            ctx(
+                mount(
+                    Some("overlay"),
+                    staging,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts.as_str()),
+                ),
+                || format!("mounting the files for {}", m.target),
+            )?;
+            let source = if subpath.is_empty() {
+                staging.clone()
+            } else {
+                staging.join(subpath)
+            };
+            bind(&source, &target, upper.is_none())
+        }
+        MountKind::Tmpfs { size, readonly } => {
+            let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            if *readonly {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            let opts = size.map(|n| format!("size={n}"));
+            ctx(
+                mount(
+                    Some("tmpfs"),
+                    &target,
+                    Some("tmpfs"),
+                    flags,
+                    opts.as_deref(),
+                ),
+                || format!("mounting a tmpfs on {}", m.target),
+            )
+        }
+    }
+}
+
+/// Creates the mount point `target` (absolute in the sandbox) under `root`: missing
+/// directories on the way, then a directory or an empty file. A symlink on the way is an error
+/// (the parent resolved the image's symlinks already; one here would come from another mount
+/// and could lead out of the root).
+fn mount_point(root: &Path, target: &str, dir: bool) -> Result<PathBuf, String> {
+    let comps: Vec<&str> = target.split('/').filter(|c| !c.is_empty()).collect();
+    let mut cur = root.to_path_buf();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        let last = i + 1 == comps.len();
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "mount target {target}: {} is a symlink",
+                    cur.strip_prefix(root).unwrap_or(&cur).display()
+                ));
+            }
+            Ok(m) if !last && !m.is_dir() => {
+                return Err(format!(
+                    "mount target {target}: /{} is not a directory",
+                    cur.strip_prefix(root).unwrap_or(&cur).display()
+                ));
+            }
+            Ok(_) => {}
+            Err(_) if !last || dir => {
+                fs::create_dir(&cur).map_err(|e| format!("mount target {target}: {e}"))?
+            }
+            Err(_) => fs::write(&cur, b"").map_err(|e| format!("mount target {target}: {e}"))?,
+        }
+    }
+    Ok(cur)
+}
+
+/// A bind mount, then a remount with `flags` (read-only, nosuid, …).
+fn bind_with(source: &Path, target: &Path, flags: MsFlags) -> Result<(), String> {
+    ctx(
+        mount(
+            Some(source),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || format!("bind-mounting {} on {}", source.display(), target.display()),
+    )?;
+    ctx(
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+            None::<&str>,
+        ),
+        || format!("restricting {}", target.display()),
+    )
 }
 
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {

@@ -181,8 +181,14 @@ pub struct RunOp {
     pub env: Vec<String>,
     pub user: String,
     pub workdir: String,
-    /// The `--mount` values as written (expanded).
+    /// The `--mount` values, each expanded and rewritten in a canonical form with BuildKit's
+    /// defaults filled in (absolute targets, cache/secret/ssh ids, secret and ssh targets), so
+    /// equivalent spellings share a key. Parse one with `parse_mount` and an identity expander.
     pub mounts: Vec<String>,
+    /// Where each mount's files come from (parallel to `mounts`): the context for a bind
+    /// without `from`, the stage or image `from` names for a bind or a cache seed; `None` for
+    /// tmpfs, secret and ssh mounts and a cache without `from`.
+    pub mount_from: Vec<Option<CopySource>>,
     pub network: String,
     pub security: String,
     /// `--cache=never` / `--cache=ttl=…`, as written.
@@ -216,7 +222,11 @@ pub enum Op {
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
     pub id: usize,
+    /// What the step's result is cached under.
     pub key: Key,
+    /// The identity of the image after this step, which what follows is keyed on: equal to
+    /// `key`, except for `COPY --link`, whose key leaves out the layers below it.
+    pub chain: Key,
     pub op: Op,
     /// The step this one builds on (the previous one in its stage).
     pub parent: Option<usize>,

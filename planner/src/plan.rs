@@ -10,7 +10,8 @@ use crate::{
 use imgbuild_parser::ast::{Span, Word};
 use imgbuild_parser::diag::Diagnostic;
 use imgbuild_parser::instructions::{
-    self, Add, Arg, CommandLine, Copy, Instruction, Run, RunCache, Stage, TypedDockerfile,
+    self, Add, Arg, CommandLine, Copy, Instruction, Mount, MountType, Run, RunCache, Sharing,
+    Stage, TypedDockerfile,
 };
 use imgbuild_parser::shell::{Lexer, ShellError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -263,6 +264,15 @@ impl<'a> Planner<'a> {
 
     fn push_step(&mut self, mut step: Step) -> usize {
         step.id = self.steps.len();
+        // A --link layer's key leaves out what is below it (so the layer is reused on any
+        // base); the image after it still depends on both.
+        step.chain = match (&step.op, step.parent) {
+            (Op::Copy(c), Some(p)) if c.link => KeyHasher::new("link-chain")
+                .key(&self.steps[p].chain)
+                .key(&step.key)
+                .finish(),
+            _ => step.key,
+        };
         self.steps.push(step);
         self.steps.len() - 1
     }
@@ -326,7 +336,7 @@ impl<'a> Planner<'a> {
                 Some(last),
                 base.config.clone(),
                 base.history.clone(),
-                format!("stage {}", self.steps[last].key),
+                format!("stage {}", self.steps[last].chain),
             )
         } else {
             match self.inputs.image(&base_ref) {
@@ -361,9 +371,11 @@ impl<'a> Planner<'a> {
         };
         let mut h = KeyHasher::new("from");
         h.str(&base_key_input).str(&self.opts.platform.spec());
+        let key = h.finish();
         let first = self.push_step(Step {
             id: 0,
-            key: h.finish(),
+            key,
+            chain: key,
             op,
             parent,
             deps: Vec::new(),
@@ -431,7 +443,7 @@ impl<'a> Planner<'a> {
     fn meta(&mut self, st: &mut StageState, span: Span, created_by: String) {
         let parent = st.last;
         let key = KeyHasher::new("meta")
-            .key(&self.steps[parent].key)
+            .key(&self.steps[parent].chain)
             .str(&created_by)
             .finish();
         st.history.push(History {
@@ -442,6 +454,7 @@ impl<'a> Planner<'a> {
         st.last = self.push_step(Step {
             id: 0,
             key,
+            chain: key,
             op: Op::Meta,
             parent: Some(parent),
             deps: Vec::new(),
@@ -472,6 +485,7 @@ impl<'a> Planner<'a> {
         st.last = self.push_step(Step {
             id: 0,
             key,
+            chain: key,
             op,
             parent: Some(parent),
             deps,
@@ -533,12 +547,12 @@ impl<'a> Planner<'a> {
                 } else {
                     let user = st.config.user.clone();
                     let key = KeyHasher::new("mkdir")
-                        .key(&self.steps[st.last].key)
+                        .key(&self.steps[st.last].chain)
                         .str(&wd)
                         .str(&user)
                         .finish();
                     let inputs = vec![
-                        ("parent".into(), self.steps[st.last].key.hex()),
+                        ("parent".into(), self.steps[st.last].chain.hex()),
                         ("path".into(), wd.clone()),
                         ("user".into(), user.clone()),
                     ];
@@ -717,8 +731,8 @@ impl<'a> Planner<'a> {
         let mut h = KeyHasher::new(if add { "add" } else { "copy" });
         // --link layers do not depend on what is below them.
         if !link {
-            h.key(&self.steps[st.last].key);
-            inputs.push(("parent".into(), self.steps[st.last].key.hex()));
+            h.key(&self.steps[st.last].chain);
+            inputs.push(("parent".into(), self.steps[st.last].chain.hex()));
         }
         let mut remotes = Vec::new();
         let source = match from {
@@ -774,7 +788,7 @@ impl<'a> Planner<'a> {
                 match self.resolve_from(st.index, &name, w.span) {
                     Some(FromRef::Stage(si, last)) => {
                         deps.push(last);
-                        let k = self.steps[last].key;
+                        let k = self.steps[last].chain;
                         h.str("stage").key(&k);
                         inputs.push((format!("stage {name}"), k.hex()));
                         CopySource::Stage(si)
@@ -961,11 +975,23 @@ impl<'a> Planner<'a> {
             }
         }
         let mut mounts = Vec::new();
+        let mut mount_from = Vec::new();
+        let mut deps = Vec::new();
+        // What the mounted files are (context digests, stage keys, image digests): keyed, so a
+        // changed bind source re-runs the step. Cache, tmpfs, secret and ssh contents are not.
+        let mut mount_keys = Vec::new();
+        let mut mount_inputs = Vec::new();
+        let mut ssh_index = 0;
         for m in &r.mounts {
-            mounts.push(
-                self.expand_word(&m.raw, m.span, env)
-                    .unwrap_or_else(|| m.raw.clone()),
-            );
+            let Some(pm) = self.run_mount(st, m, env, &mut ssh_index) else {
+                continue;
+            };
+            mount_inputs.push(("mount".to_owned(), pm.canonical.clone()));
+            mount_inputs.extend(pm.inputs);
+            mount_keys.push(pm.key.unwrap_or_default());
+            deps.extend(pm.dep);
+            mounts.push(pm.canonical);
+            mount_from.push(pm.from);
         }
         let cache = r.cache.as_ref().map(|c| match c {
             RunCache::Never { .. } => "never".to_owned(),
@@ -978,17 +1004,19 @@ impl<'a> Planner<'a> {
             user: st.config.user.clone(),
             workdir: st.config.working_dir.clone(),
             mounts,
+            mount_from,
             network: format!("{:?}", r.network).to_lowercase(),
             security: format!("{:?}", r.security).to_lowercase(),
             cache,
         };
         let mut h = KeyHasher::new("run");
-        h.key(&self.steps[st.last].key)
+        h.key(&self.steps[st.last].chain)
             .list(op.args.iter().map(String::as_str))
             .list(op.env.iter().map(String::as_str))
             .str(&op.user)
             .str(&op.workdir)
             .list(op.mounts.iter().map(String::as_str))
+            .list(mount_keys.iter().map(String::as_str))
             .str(&op.network)
             .str(&op.security)
             .opt(op.cache.as_deref())
@@ -1001,23 +1029,180 @@ impl<'a> Planner<'a> {
             created_by.push_str(&format!("|{} {} ", arg_text.len(), arg_text.join(" ")));
         }
         created_by.push_str(&args.join(" "));
-        let inputs = vec![
-            ("parent".into(), self.steps[st.last].key.hex()),
+        let mut inputs = vec![
+            ("parent".into(), self.steps[st.last].chain.hex()),
             ("command".into(), args.join(" ")),
             ("env".into(), op.env.join(" ")),
         ];
+        inputs.extend(mount_inputs);
         let key = h.finish();
+        deps.sort_unstable();
+        deps.dedup();
         self.layer_step(
             st,
             LayerStep {
                 span: r.span,
                 op: Op::Run(op),
                 key,
-                deps: Vec::new(),
+                deps,
                 created_by,
                 inputs,
             },
         );
+    }
+
+    /// One `RUN --mount`: parsed again with every value expanded (BuildKit expands each value
+    /// on its own), checked, given BuildKit's defaults, and resolved to what it mounts. None
+    /// (with an error) when it is unusable.
+    fn run_mount(
+        &mut self,
+        st: &StageState,
+        m: &Mount,
+        env: &BTreeMap<String, String>,
+        ssh_index: &mut usize,
+    ) -> Option<PlannedMount> {
+        let lexer = &self.lexer;
+        let mut expand = |v: &str| -> Result<String, String> {
+            lexer
+                .process_word(v, env)
+                .map(|e| e.value)
+                .map_err(|e| format!("cannot expand variables: {e}"))
+        };
+        let (mut pm, errors) = instructions::parse_mount(&m.raw, Some(&mut expand));
+        if !errors.is_empty() {
+            for e in errors {
+                self.error(
+                    m.span,
+                    e,
+                    "check the --mount options (after variable expansion): \
+                     type=bind|cache|tmpfs|secret|ssh,target=…",
+                );
+            }
+            return None;
+        }
+        let workdir = st.config.working_dir.as_str();
+        let nonempty = |o: &Option<String>| o.clone().filter(|s| !s.is_empty());
+        let mut planned = PlannedMount {
+            canonical: String::new(),
+            from: None,
+            dep: None,
+            key: None,
+            inputs: Vec::new(),
+        };
+        match pm.kind {
+            MountType::Bind | MountType::Cache | MountType::Tmpfs => {
+                let written = pm.target.clone().unwrap_or_default();
+                let target = join_workdir(workdir, &written);
+                if target == "/" {
+                    self.error(
+                        m.span,
+                        format!("invalid mount target {target:?}"),
+                        "mount over a directory below the root: target=/path",
+                    );
+                    return None;
+                }
+                if pm.kind == MountType::Cache {
+                    if nonempty(&pm.id).is_none() {
+                        // BuildKit's default id: the target as written, cleaned.
+                        pm.id = Some(clean_path(&written));
+                    }
+                    pm.sharing = Some(pm.sharing.unwrap_or(Sharing::Shared));
+                }
+                pm.target = Some(target);
+            }
+            MountType::Secret => {
+                let id = nonempty(&pm.source)
+                    .or_else(|| nonempty(&pm.id))
+                    .or_else(|| nonempty(&pm.target).map(|t| base_name(&t)))
+                    .unwrap_or_default();
+                if pm.env.as_deref() == Some("") {
+                    self.error(
+                        m.span,
+                        "the secret's env= names no variable",
+                        "write env=NAME to expose the secret as $NAME",
+                    );
+                    return None;
+                }
+                pm.target = match (nonempty(&pm.target), &pm.env) {
+                    (Some(t), _) => Some(clean_abs(&format!("/{t}"))),
+                    (None, None) => Some(format!("/run/secrets/{}", base_name(&id))),
+                    (None, Some(_)) => None,
+                };
+                pm.id = Some(id);
+                pm.source = None;
+            }
+            MountType::Ssh => {
+                pm.id = Some(nonempty(&pm.id).unwrap_or_else(|| "default".to_owned()));
+                pm.target = Some(match nonempty(&pm.target) {
+                    Some(t) => clean_abs(&format!("/{t}")),
+                    None => format!("/run/buildkit/ssh_agent.{ssh_index}"),
+                });
+                *ssh_index += 1;
+            }
+        }
+        let target = pm.target.clone().unwrap_or_default();
+        let from = nonempty(&pm.from);
+        match (pm.kind, from) {
+            (MountType::Bind, None) => {
+                let source = nonempty(&pm.source).unwrap_or_else(|| ".".to_owned());
+                let q = ContextQuery {
+                    sources: vec![escape_wildcards(&source)],
+                    excludes: Vec::new(),
+                    include_mode: true,
+                };
+                match self.inputs.context(&q) {
+                    Ok(sel) => {
+                        planned.key = Some(format!("context {}", sel.digest));
+                        planned.inputs.extend(
+                            sel.files
+                                .into_iter()
+                                .map(|(p, d)| (format!("mount {target}: file {p}"), d)),
+                        );
+                    }
+                    Err(e) => {
+                        self.error(
+                            m.span,
+                            format!("bind mount source {source:?}: {e}"),
+                            "name a path in the build context (not excluded by .dockerignore)",
+                        );
+                        return None;
+                    }
+                }
+                planned.from = Some(CopySource::Context);
+            }
+            (MountType::Bind | MountType::Cache, Some(name)) => {
+                let bind = pm.kind == MountType::Bind;
+                match self.resolve_from(st.index, &name, m.span)? {
+                    FromRef::Stage(si, last) => {
+                        planned.dep = Some(last);
+                        let k = self.steps[last].chain;
+                        if bind {
+                            planned.key = Some(format!("stage {}", k.hex()));
+                            planned
+                                .inputs
+                                .push((format!("mount {target}: stage {name}"), k.hex()));
+                        }
+                        planned.from = Some(CopySource::Stage(si));
+                    }
+                    FromRef::Image(img) => {
+                        if bind {
+                            planned.key = Some(format!("image {}", img.manifest));
+                            planned.inputs.push((
+                                format!("mount {target}: image {name}"),
+                                img.manifest.clone(),
+                            ));
+                        }
+                        planned.from = Some(CopySource::Image {
+                            reference: name,
+                            manifest: img.manifest,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        planned.canonical = canonical_mount(&pm);
+        Some(planned)
     }
 }
 
@@ -1084,6 +1269,98 @@ enum CopyIns<'a> {
 enum FromRef {
     Stage(usize, usize),
     Image(Box<BaseImage>),
+}
+
+/// A RUN mount as the planner resolved it.
+struct PlannedMount {
+    /// The mount in canonical form (see [`canonical_mount`]).
+    canonical: String,
+    from: Option<CopySource>,
+    /// The stage step it reads.
+    dep: Option<usize>,
+    /// What the mounted content is, for the key (binds only).
+    key: Option<String>,
+    inputs: Vec<(String, String)>,
+}
+
+/// A mount written back as a `--mount` value with every field explicit, in a fixed order;
+/// `parse_mount` reads it back to the same mount.
+fn canonical_mount(m: &Mount) -> String {
+    let mut fields = vec![format!("type={}", m.kind.as_str())];
+    let mut push = |k: &str, v: Option<String>| {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            fields.push(format!("{k}={v}"));
+        }
+    };
+    push("from", m.from.clone());
+    push("source", m.source.clone());
+    push("target", m.target.clone());
+    push("id", m.id.clone());
+    push("sharing", m.sharing.map(|s| s.as_str().to_owned()));
+    push("env", m.env.clone());
+    push("size", m.size_limit.map(|n| n.to_string()));
+    push("mode", m.mode.map(|n| format!("{n:o}")));
+    push("uid", m.uid.map(|n| n.to_string()));
+    push("gid", m.gid.map(|n| n.to_string()));
+    if matches!(m.kind, MountType::Secret | MountType::Ssh) {
+        push("required", Some(m.required.to_string()));
+    }
+    push("readonly", Some(m.read_only.to_string()));
+    fields
+        .iter()
+        .map(|f| {
+            if f.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", f.replace('"', "\"\""))
+            } else {
+                f.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A path taken literally by the context selection (which treats `*`, `?` and `[` as
+/// wildcards and `\` as their escape); bind sources are plain paths.
+fn escape_wildcards(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if matches!(c, '*' | '?' | '[' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Go's `path.Clean` (relative paths stay relative; empty is `.`).
+fn clean_path(p: &str) -> String {
+    if p.starts_with('/') {
+        return clean_abs(p);
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|l| *l != "..") => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    if parts.is_empty() {
+        ".".to_owned()
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Go's `path.Base`.
+fn base_name(p: &str) -> String {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() {
+        return if p.is_empty() { ".".into() } else { "/".into() };
+    }
+    t.rsplit('/').next().unwrap_or(t).to_owned()
 }
 
 /// What [`Planner::layer_step`] needs to add a step.

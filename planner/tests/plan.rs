@@ -193,6 +193,13 @@ fn link_layers_do_not_depend_on_their_parent() {
     assert_eq!(a.steps.last().unwrap().key, b.steps.last().unwrap().key);
     let c = plan_ok("FROM alpine\nENV Z=1\nCOPY a.txt /\n");
     assert_ne!(b.steps.last().unwrap().key, c.steps.last().unwrap().key);
+    // What follows a --link layer still depends on what is below it.
+    let d = plan_ok("FROM alpine\nCOPY --link a.txt /\nCOPY src /src\n");
+    let e = plan_ok("FROM alpine\nENV Z=1\nCOPY --link a.txt /\nCOPY src /src\n");
+    let (dl, el) = (d.steps.len(), e.steps.len());
+    assert_eq!(d.steps[dl - 2].key, e.steps[el - 2].key);
+    assert_ne!(d.steps[dl - 2].chain, e.steps[el - 2].chain);
+    assert_ne!(d.steps[dl - 1].key, e.steps[el - 1].key);
 }
 
 #[test]
@@ -494,4 +501,197 @@ fn url_source_rules_follow_buildkit() {
             .any(|d| d.message.contains(&format!("cannot fetch {URL}"))),
         "{diags:?}"
     );
+}
+
+fn last_run(p: &Plan) -> &imgbuild_planner::RunOp {
+    match &p.steps.last().unwrap().op {
+        Op::Run(r) => r,
+        op => panic!("not a RUN: {op:?}"),
+    }
+}
+
+fn last_key(p: &Plan) -> String {
+    p.steps.last().unwrap().key.hex()
+}
+
+#[test]
+fn bind_mounts_from_the_context_key_the_bound_files() {
+    let src = "FROM alpine\nRUN --mount=type=bind,source=src,target=/s cc /s/main.c\n";
+    let a = plan_ok(src);
+    let run = last_run(&a);
+    assert_eq!(run.mounts, ["type=bind,source=src,target=/s,readonly=true"]);
+    assert_eq!(run.mount_from, [Some(CopySource::Context)]);
+    // A bound file changed: a new key, and the explain inputs name the file.
+    let mut changed = inputs();
+    changed.files.insert("src/util.c".into(), "33".into());
+    let b = try_plan(src, &BuildOptions::default(), &changed).unwrap();
+    assert_ne!(last_key(&a), last_key(&b));
+    let step = b.steps.last().unwrap();
+    assert!(
+        step.inputs
+            .contains(&("mount /s: file src/util.c".to_owned(), "33".to_owned())),
+        "{:?}",
+        step.inputs
+    );
+    // A file outside the bound source: the same key.
+    let mut other = inputs();
+    other.files.insert("a.txt".into(), "11".into());
+    let c = try_plan(src, &BuildOptions::default(), &other).unwrap();
+    assert_eq!(last_key(&a), last_key(&c));
+    // A source that is not in the context is a planning error.
+    let e = try_plan(
+        "FROM alpine\nRUN --mount=source=nothere,target=/s true\n",
+        &BuildOptions::default(),
+        &inputs(),
+    )
+    .unwrap_err();
+    assert!(e.contains("bind mount source \"nothere\""), "{e}");
+}
+
+#[test]
+fn cache_mounts_key_the_mount_not_its_content() {
+    let a = plan_ok("FROM alpine\nRUN --mount=type=cache,target=/root/.cache go build\n");
+    assert_eq!(
+        last_run(&a).mounts,
+        ["type=cache,target=/root/.cache,id=/root/.cache,sharing=shared,readonly=false"]
+    );
+    assert_eq!(last_run(&a).mount_from, [None]);
+    // Other spellings of the same mount (BuildKit's defaults written out) share the key.
+    let b = plan_ok(
+        "FROM alpine\nRUN --mount=type=cache,dst=/root/.cache/,id=/root/.cache,sharing=shared,rw go build\n",
+    );
+    assert_eq!(last_key(&a), last_key(&b));
+    // The cache's content is not an input: nothing the context or a stage holds changes it.
+    let mut changed = inputs();
+    changed.files.insert("src/util.c".into(), "99".into());
+    let c = try_plan(
+        "FROM alpine\nRUN --mount=type=cache,target=/root/.cache go build\n",
+        &BuildOptions::default(),
+        &changed,
+    )
+    .unwrap();
+    assert_eq!(last_key(&a), last_key(&c));
+    // Its definition is: another id is another key.
+    let d = plan_ok("FROM alpine\nRUN --mount=type=cache,target=/root/.cache,id=x go build\n");
+    assert_ne!(last_key(&a), last_key(&d));
+    // A relative target is under WORKDIR; the default id is the target as written.
+    let e = plan_ok("FROM alpine\nWORKDIR /w\nRUN --mount=type=cache,target=cache,uid=1000 make\n");
+    assert_eq!(
+        last_run(&e).mounts,
+        ["type=cache,target=/w/cache,id=cache,sharing=shared,uid=1000,readonly=false"]
+    );
+    // A cache seeded from a stage waits for that stage but is not keyed by it.
+    let seeded = |cmd: &str| {
+        plan_ok(&format!(
+            "FROM alpine AS seed\nRUN {cmd}\nFROM alpine\nRUN --mount=type=cache,target=/c,from=seed,source=/s true\n"
+        ))
+    };
+    let (s1, s2) = (seeded("make"), seeded("make all"));
+    assert_eq!(last_key(&s1), last_key(&s2));
+    let seed_last = s1.stages[0].as_ref().unwrap().last;
+    assert_eq!(s1.steps.last().unwrap().deps, [seed_last]);
+    assert_eq!(last_run(&s1).mount_from, [Some(CopySource::Stage(0))]);
+}
+
+#[test]
+fn bind_mounts_from_stages_and_images_depend_on_them() {
+    let src = |cmd: &str| {
+        format!(
+            "FROM alpine AS build\nRUN {cmd}\nFROM alpine\n\
+             RUN --mount=from=build,source=/out,target=/in --mount=from=0,target=/zero \
+             --mount=from=alpine,target=/img cp /in/x /x\n"
+        )
+    };
+    let a = plan_ok(&src("make"));
+    let run = last_run(&a);
+    assert_eq!(
+        run.mount_from,
+        [
+            Some(CopySource::Stage(0)),
+            Some(CopySource::Stage(0)),
+            Some(CopySource::Image {
+                reference: "alpine".into(),
+                manifest: format!("sha256:{:0>64}", 6),
+            }),
+        ]
+    );
+    let build_last = a.stages[0].as_ref().unwrap().last;
+    assert_eq!(a.steps.last().unwrap().deps, [build_last]);
+    // The stage's result is part of the key.
+    let b = plan_ok(&src("make all"));
+    assert_ne!(last_key(&a), last_key(&b));
+    // A stage defined later cannot be mounted.
+    let e = try_plan(
+        "FROM alpine\nRUN --mount=from=later,target=/l true\nFROM alpine AS later\n",
+        &BuildOptions {
+            target: Some("0".into()),
+            ..Default::default()
+        },
+        &inputs(),
+    );
+    assert!(e.is_err());
+}
+
+#[test]
+fn secret_and_ssh_mounts_key_their_ids_never_values() {
+    let a = plan_ok("FROM alpine\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n");
+    assert_eq!(
+        last_run(&a).mounts,
+        ["type=secret,target=/run/secrets/tok,id=tok,required=false,readonly=true"]
+    );
+    // source= is another name for id=; target alone names the id after its last component.
+    let b = plan_ok("FROM alpine\nRUN --mount=type=secret,source=tok cat /run/secrets/tok\n");
+    let c = plan_ok(
+        "FROM alpine\nRUN --mount=type=secret,target=/run/secrets/tok cat /run/secrets/tok\n",
+    );
+    assert_eq!(last_key(&a), last_key(&b));
+    assert_eq!(last_key(&a), last_key(&c));
+    // env= alone: no file.
+    let d = plan_ok("FROM alpine\nRUN --mount=type=secret,id=tok,env=TOKEN,required true\n");
+    assert_eq!(
+        last_run(&d).mounts,
+        ["type=secret,id=tok,env=TOKEN,required=true,readonly=true"]
+    );
+    // ssh: the default id, and sockets numbered in order.
+    let e = plan_ok("FROM alpine\nRUN --mount=type=ssh --mount=type=ssh,id=work git pull\n");
+    assert_eq!(
+        last_run(&e).mounts,
+        [
+            "type=ssh,target=/run/buildkit/ssh_agent.0,id=default,required=false,readonly=true",
+            "type=ssh,target=/run/buildkit/ssh_agent.1,id=work,required=false,readonly=true",
+        ]
+    );
+}
+
+#[test]
+fn mount_values_are_expanded_one_by_one() {
+    let a = plan_ok(
+        "FROM alpine\nARG DIR=/cache\nARG ID=\"a,b\"\nRUN --mount=type=cache,target=$DIR,id=$ID true\n",
+    );
+    // The expanded comma stays inside its field (quoted in the canonical form).
+    assert_eq!(
+        last_run(&a).mounts,
+        ["type=cache,target=/cache,\"id=a,b\",sharing=shared,readonly=false"]
+    );
+    let (m, errors) = imgbuild_parser::instructions::parse_mount(
+        &last_run(&a).mounts[0],
+        Some(&mut |v: &str| Ok(v.to_owned())),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(m.id.as_deref(), Some("a,b"));
+    // What expansion makes invalid is an error with BuildKit's words.
+    let e = try_plan(
+        "FROM alpine\nARG T=bnid\nRUN --mount=type=$T,target=/x true\n",
+        &BuildOptions::default(),
+        &inputs(),
+    )
+    .unwrap_err();
+    assert!(e.contains("unsupported mount type \"bnid\""), "{e}");
+    let e = try_plan(
+        "FROM alpine\nRUN --mount=type=tmpfs,target=. true\n",
+        &BuildOptions::default(),
+        &inputs(),
+    )
+    .unwrap_err();
+    assert!(e.contains("invalid mount target"), "{e}");
 }

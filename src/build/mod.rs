@@ -1,6 +1,7 @@
 //! The part of `build` and `plan` they share: read the Dockerfile, open the store, scan the
 //! context, and plan.
 
+pub mod controls;
 pub mod inputs;
 pub mod outputs;
 pub mod progress;

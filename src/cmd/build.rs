@@ -1,6 +1,6 @@
 //! `imgbuild build` (also `imgbuild .`): build an image from a Dockerfile.
 
-use crate::build::{self, Common, progress};
+use crate::build::{self, Common, controls, progress};
 use crate::cmd::output::{self, Output};
 use imgbuild_cache::layer::Compression;
 use imgbuild_cache::store::ImageMeta;
@@ -33,6 +33,26 @@ pub struct Args {
     /// which makes the build not reproducible.
     #[arg(long)]
     pub timestamp: Option<String>,
+    /// Run at most N steps at once (default: the number of CPUs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+    /// Write the build's timeline to FILE as Chrome trace-event JSON (Perfetto,
+    /// chrome://tracing): one event per step, with its lane, cache outcome and wait.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Grant an entitlement: `security.insecure` lets `RUN --security=insecure` run with
+    /// every capability (`network.host` is accepted too).
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+    /// A secret for `RUN --mount=type=secret`: `id=NAME,src=FILE` or `id=NAME,env=VAR`
+    /// (docker buildx syntax, also `type=file|env`). Its value never enters the image, the
+    /// store, a key or a log.
+    #[arg(long = "secret", value_name = "id=NAME,src=FILE|env=VAR")]
+    pub secrets: Vec<String>,
+    /// An ssh agent for `RUN --mount=type=ssh`: `default` (the agent at $SSH_AUTH_SOCK) or
+    /// `ID=SOCKET`.
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
+    pub ssh: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -55,10 +75,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let entitlements = match controls::parse_allow(&args.allow) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    controls::handle_signals()?;
+    let mut session = imgbuild_executor::Session::default();
+    for s in &args.secrets {
+        if let Err(e) = session.add_secret(s) {
+            eprintln!("error: --secret: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    for s in &args.ssh {
+        if let Err(e) = session.add_ssh(s) {
+            eprintln!("error: --ssh: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let prep = match build::prepare(&args.common)? {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
+    if let Err(e) = controls::check_entitlements(&prep.plan, &entitlements) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(1));
+    }
     let mode = match args.progress {
         progress::Mode::Auto if std::io::stderr().is_terminal() => progress::Mode::Tty,
         progress::Mode::Auto => progress::Mode::Plain,
@@ -72,20 +117,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         progress::Mode::Quiet => &quiet,
         _ => &plain,
     };
-    let exec = Executor::new(
+    let mut exec = Executor::new(
         &prep.store,
         &prep.plan,
         Some(&prep.snapshot),
         ExecOptions {
             epoch,
             compression: Compression::Zstd,
+            jobs: args
+                .jobs
+                .map_or_else(imgbuild_executor::default_jobs, |j| j as usize),
         },
         sink,
     );
-    let built = match exec.run() {
+    exec.session = session;
+    controls::executing(true);
+    let result = exec.run();
+    controls::executing(false);
+    if let Some(p) = &args.trace
+        && let Err(e) = controls::write_trace(p, &exec.trace())
+    {
+        eprintln!("warning: --trace {}: {e}", p.display());
+    }
+    let built = match result {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("error: {e}");
+            for e in e.errors() {
+                eprintln!("error: {e}");
+            }
+            if matches!(e, imgbuild_executor::ExecError::Cancelled) {
+                return Ok(ExitCode::from(controls::interrupted().unwrap_or(130)));
+            }
             return Ok(ExitCode::from(1));
         }
     };

@@ -3,7 +3,7 @@
 
 use crate::build::{self, Common, Prepared};
 use clap::ValueEnum;
-use imgbuild_executor::StepRecord;
+use imgbuild_executor::{CachePolicy, StepRecord};
 use imgbuild_planner::{Key, render};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,11 +35,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let store = &prep.store;
+    // A record counts when its blob is there and the step's `RUN --cache=` policy allows it
+    // (whether it was built on the very layers below is known only while building).
+    let now = std::time::SystemTime::now();
+    let policies: std::collections::HashMap<Key, CachePolicy> = prep
+        .plan
+        .steps
+        .iter()
+        .map(|s| (s.key, CachePolicy::of(s)))
+        .collect();
     let cached = |k: &Key| {
-        store
-            .get_step::<StepRecord>(&k.0)
-            .hit()
-            .is_some_and(|r| store.has_blob(&r.layer.digest))
+        let policy = policies.get(k);
+        store.get_step::<StepRecord>(&k.0).hit().is_some_and(|r| {
+            store.has_blob(&r.layer.digest)
+                && r.base.is_some()
+                && policy.is_none_or(|p| p.refuses(r.made_ms, now).is_none())
+        })
     };
     match args.format {
         Format::Text => print!("{}", render::text(&prep.plan, &cached)),

@@ -63,6 +63,7 @@ pub fn du(a: RootArg) -> anyhow::Result<ExitCode> {
     row("layers", &u.layers);
     row("context", &u.context);
     row("tmp", &u.tmp);
+    row("cache", &u.cache_mounts);
     row("total", &u.total);
     Ok(ExitCode::SUCCESS)
 }

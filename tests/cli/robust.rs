@@ -127,6 +127,7 @@ pub fn assert_store_sound(root: &Path, when: &str) {
         "remote",
         "images.json",
         "images.lock",
+        "cache-mounts",
     ];
     for e in std::fs::read_dir(root).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();

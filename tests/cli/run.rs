@@ -127,24 +127,43 @@ fn user_workdir_env_and_heredocs() {
 
 #[test]
 fn leftover_processes_die_with_the_step() {
-    let marker = format!("imgbuild-leftover-{}", std::process::id());
+    // A sleep of a length no other process uses, started in the background and left running;
+    // the RUN proves it started by recording the sleep's pid as seen inside the sandbox.
+    let secs = 3000 + std::process::id() % 1000;
     let ctx = busybox_context(&format!(
-        "RUN (exec -a {marker} sleep 300 &) ; echo started\n"
+        "RUN sleep {secs} & echo $! > /leftover-pid && test -d /proc/$(cat /leftover-pid)\n"
     ));
     let root = tempfile::tempdir().unwrap();
-    build(ctx.path(), root.path()).unwrap_or_else(|o| panic!("{}", stderr(&o)));
-    // No process whose argv[0] is the marker is left on the host.
-    let survivors: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| c.split(|b| *b == 0).next() == Some(marker.as_bytes()))
-        .map(|c| String::from_utf8_lossy(&c).into_owned())
-        .collect();
+    let fs = build(ctx.path(), root.path()).unwrap_or_else(|o| panic!("{}", stderr(&o)));
+    assert!(!read(&fs, "/leftover-pid").trim().is_empty());
+    let wanted = format!("sleep\0{secs}\0").into_bytes();
+    let sleepers = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| c.ends_with(&wanted))
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .collect()
+    };
+    let survivors = sleepers();
     assert!(
         survivors.is_empty(),
         "a RUN's process outlived its step: {survivors:?}"
     );
+    // The check can see such a process: one started on the host right now is found.
+    let mut host = std::process::Command::new("/bin/busybox")
+        .args(["sleep", &secs.to_string()])
+        .spawn()
+        .unwrap();
+    // (Polled: right after spawn the child may not have exec'd yet.)
+    let seen = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        !sleepers().is_empty()
+    });
+    host.kill().unwrap();
+    let _ = host.wait();
+    assert!(seen, "the /proc scan does not find a running sleep");
 }
 
 #[test]

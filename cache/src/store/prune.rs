@@ -48,14 +48,23 @@ pub struct Usage {
     pub layers: Count,
     pub context: Count,
     pub tmp: Count,
+    /// `RUN --mount=type=cache` directories (one entry per cache id).
+    pub cache_mounts: Count,
     pub total: Count,
 }
 
 impl Usage {
     fn with_total(mut self) -> Usage {
-        self.total = [self.blobs, self.steps, self.layers, self.context, self.tmp]
-            .into_iter()
-            .fold(Count::default(), Count::plus);
+        self.total = [
+            self.blobs,
+            self.steps,
+            self.layers,
+            self.context,
+            self.tmp,
+            self.cache_mounts,
+        ]
+        .into_iter()
+        .fold(Count::default(), Count::plus);
         self
     }
 }
@@ -66,7 +75,8 @@ pub enum PruneMode {
     /// Keep tagged images and the build cache (step records, what they reference, context
     /// indexes); remove temp leftovers, unreferenced blobs and layer trees, dead records.
     KeepCache,
-    /// Keep only what tagged images need: step records, layer trees and context indexes go too.
+    /// Keep only what tagged images need: step records, layer trees, context indexes and
+    /// cache mounts go too.
     All,
 }
 
@@ -105,6 +115,9 @@ impl Store {
             usage.context.add(tree_bytes(path))
         })?;
         for_each_entry(&self.tmp_dir(), |_, path| usage.tmp.add(tree_bytes(path)))?;
+        for_each_entry(&self.cache_mounts_dir(), |_, path| {
+            usage.cache_mounts.add(tree_bytes(path))
+        })?;
         Ok(usage.with_total())
     }
 
@@ -181,6 +194,13 @@ impl Store {
         })?;
         if mode == PruneMode::All {
             sweep(&self.context_dir(), &mut removed.context, w, |_| true)?;
+            // Under the exclusive lock no RUN is using a cache mount.
+            sweep(
+                &self.cache_mounts_dir(),
+                &mut removed.cache_mounts,
+                w,
+                |_| true,
+            )?;
         }
         Ok(PruneReport {
             removed: removed.with_total(),
