@@ -111,6 +111,7 @@ pub(crate) fn run(
     // Held until the command has ended: cache-mount locks, the secrets, the ssh proxies.
     let mounted = mounts::prepare(exec, step, op, below, scratch, privileged)?;
     let mut env = op.env.clone();
+    env.extend(op.proxy_env.iter().cloned());
     for kv in &mounted.env {
         let name = kv.split('=').next().unwrap_or_default();
         env.retain(|e| e.split('=').next() != Some(name));

@@ -179,6 +179,9 @@ pub struct RunOp {
     pub files: Vec<(String, String, bool)>,
     /// `KEY=value`: the image's ENV plus the ARGs in scope.
     pub env: Vec<String>,
+    /// Proxy build args given to the build (`HTTP_PROXY`, …): in the command's environment,
+    /// but like BuildKit never in the key or the history.
+    pub proxy_env: Vec<String>,
     pub user: String,
     pub workdir: String,
     /// The `--mount` values, each expanded and rewritten in a canonical form with BuildKit's

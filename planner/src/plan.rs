@@ -17,18 +17,7 @@ use imgbuild_parser::shell::{Lexer, ShellError};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Proxy build args: usable by RUN without an ARG, never in history or keys (like BuildKit).
-const PROXY_ARGS: &[&str] = &[
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "FTP_PROXY",
-    "ftp_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-];
+use imgbuild_parser::instructions::check::PROXY_ARGS;
 
 /// The `comment` of the history entries we write.
 const HISTORY_COMMENT: &str = "imgbuild.dockerfile.v1";
@@ -1001,6 +990,10 @@ impl<'a> Planner<'a> {
             args: args.clone(),
             files,
             env: run_env,
+            proxy_env: PROXY_ARGS
+                .iter()
+                .filter_map(|k| self.opts.build_args.get(*k).map(|v| format!("{k}={v}")))
+                .collect(),
             user: st.config.user.clone(),
             workdir: st.config.working_dir.clone(),
             mounts,
