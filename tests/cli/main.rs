@@ -3,6 +3,7 @@
 mod add_url;
 mod bases;
 mod build;
+mod buildah_parity;
 mod check;
 mod examples;
 mod hostile;

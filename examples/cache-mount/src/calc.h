@@ -1,0 +1,20 @@
+/* One function per file, so a change recompiles one file. */
+long square(long n);
+long cube(long n);
+long triangle(long n);
+long factorial(long n);
+long fib(long n);
+long pow2(long n);
+long digitsum(long n);
+long reverse(long n);
+long popcount(long n);
+long bitlen(long n);
+long isprime(long n);
+long nthprime(long n);
+long divisors(long n);
+long sigma(long n);
+long totient(long n);
+long gcd(long a, long b);
+long isqrt(long n);
+long collatz(long n);
+long catalan(long n);

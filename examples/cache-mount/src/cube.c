@@ -1,0 +1,3 @@
+#include "calc.h"
+
+long cube(long n) { return n * n * n; }

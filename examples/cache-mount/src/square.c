@@ -1,0 +1,3 @@
+#include "calc.h"
+
+long square(long n) { return n * n; }

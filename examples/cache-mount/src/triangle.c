@@ -1,0 +1,3 @@
+#include "calc.h"
+
+long triangle(long n) { return n * (n + 1) / 2; }
