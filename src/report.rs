@@ -117,11 +117,12 @@ pub fn print(diags: &[Diagnostic], sources: &SourceMap) -> (usize, usize) {
             Severity::Warning => warnings += 1,
         }
         let kind = if d.is_error() { "error" } else { "warning" };
+        // One grep-able line; the full message follows in the rendered report.
         eprintln!(
             "{}: {kind}[{}]: {}",
             sources.location(d.span),
             d.code,
-            d.message
+            d.message.lines().next().unwrap_or("")
         );
         eprintln!("{}", render(d, sources, color));
     }

@@ -91,7 +91,12 @@ pub fn record_refs(record: &serde_json::Value) -> Vec<Digest> {
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("{step}: {message}")]
-    Step { step: String, message: String },
+    Step {
+        step: String,
+        message: String,
+        /// The instruction in the Dockerfile, for a diagnostic that points at it.
+        span: imgbuild_parser::Span,
+    },
     #[error(transparent)]
     Store(#[from] imgbuild_cache::store::StoreError),
     #[error("{0}")]
@@ -114,6 +119,7 @@ impl ExecError {
         ExecError::Step {
             step: step.created_by.clone(),
             message: message.into(),
+            span: step.span,
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Common {
 
 pub struct Prepared {
     pub store: Store,
+    /// The Dockerfile and what it INCLUDEs, for diagnostics that point into them.
+    pub sources: imgbuild_parser::SourceMap,
     pub plan: Plan,
     pub snapshot: ContextSnapshot,
     pub dockerfile: PathBuf,
@@ -119,6 +121,7 @@ pub fn prepare(c: &Common) -> anyhow::Result<Result<Prepared, ExitCode>> {
     }
     Ok(Ok(Prepared {
         store,
+        sources: resolved.sources,
         plan,
         snapshot,
         dockerfile,

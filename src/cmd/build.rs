@@ -143,7 +143,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(b) => b,
         Err(e) => {
             for e in e.errors() {
-                eprintln!("error: {e}");
+                match e {
+                    // A failed step points at its instruction, with the command's last lines.
+                    imgbuild_executor::ExecError::Step { message, span, .. } => {
+                        let d = imgbuild_parser::Diagnostic::error("step-failed", *span, message)
+                            .with_help("fix the instruction or what it runs, then build again");
+                        crate::report::print(&[d], &prep.sources);
+                    }
+                    other => eprintln!("error: {other}"),
+                }
             }
             if matches!(e, imgbuild_executor::ExecError::Cancelled) {
                 return Ok(ExitCode::from(controls::interrupted().unwrap_or(130)));

@@ -37,11 +37,18 @@ fn copy_tree(from: &Path, to: &Path) {
 
 /// Debian bookworm (minbase + gcc + libc6-dev) as a rootfs tar, made once with mmdebstrap.
 fn debian_rootfs() -> PathBuf {
+    // Tests run as threads of one process: the first makes the tar, the others wait for it.
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|e| e.into_inner());
     let tar = data_dir().join("debian-bookworm-gcc.tar");
     if !tar.exists() {
         require_tool("mmdebstrap", "mmdebstrap");
-        // mmdebstrap picks the output format from the name: keep the .tar ending.
-        let part = data_dir().join("debian-bookworm-gcc.part.tar");
+        // mmdebstrap picks the output format from the name: keep the .tar ending. The pid keeps
+        // two test processes from writing one file.
+        let part = data_dir().join(format!(
+            "debian-bookworm-gcc.{}.part.tar",
+            std::process::id()
+        ));
         let out = Command::new("mmdebstrap")
             .args([
                 "--variant=minbase",

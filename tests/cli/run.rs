@@ -174,6 +174,8 @@ fn a_failing_run_shows_its_status_and_output() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("exited with code 3"), "{err}");
+    // The diagnostic points at the RUN line of the Dockerfile (line 5: after the busybox stage).
+    assert!(err.contains("Dockerfile:5:1: error[step-failed]"), "{err}");
     assert!(err.contains("the last words"), "{err}");
     assert!(stdout(&out).trim().is_empty());
 }
