@@ -636,7 +636,7 @@ fn mount_point(root: &Path, target: &str, dir: bool) -> Result<PathBuf, String> 
     Ok(cur)
 }
 
-/// A bind mount, then a remount with `flags` (read-only, nosuid, …).
+/// A bind mount, then (when `flags` are given) a remount with them (read-only, nosuid, …).
 fn bind_with(source: &Path, target: &Path, flags: MsFlags) -> Result<(), String> {
     ctx(
         mount(
@@ -648,6 +648,9 @@ fn bind_with(source: &Path, target: &Path, flags: MsFlags) -> Result<(), String>
         ),
         || format!("bind-mounting {} on {}", source.display(), target.display()),
     )?;
+    if flags.is_empty() {
+        return Ok(());
+    }
     ctx(
         mount(
             None::<&str>,
@@ -661,29 +664,12 @@ fn bind_with(source: &Path, target: &Path, flags: MsFlags) -> Result<(), String>
 }
 
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
-    ctx(
-        mount(
-            Some(source),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ),
-        || format!("bind-mounting {} on {}", source.display(), target.display()),
-    )?;
-    if readonly {
-        ctx(
-            mount(
-                None::<&str>,
-                target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None::<&str>,
-            ),
-            || format!("making {} read-only", target.display()),
-        )?;
-    }
-    Ok(())
+    let flags = if readonly {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
+    bind_with(source, target, flags)
 }
 
 /// A tmpfs /dev with the usual nodes, a private devpts and /dev/shm.
