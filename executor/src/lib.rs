@@ -561,9 +561,9 @@ impl<'a> Executor<'a> {
                             .ok_or_else(|| ExecError::step(step, "source stage not planned"))?;
                         copy::Source::Fs(self.rootfs(last)?)
                     }
-                    imgbuild_planner::CopySource::Image { .. } => {
-                        let last = *step.deps.first().unwrap_or(&parent);
-                        copy::Source::Fs(self.image_rootfs(step, last)?)
+                    imgbuild_planner::CopySource::Image { manifest, .. } => {
+                        let layers = self.image_layers(step, manifest)?;
+                        copy::Source::Fs(RootFs::new(self.layer_dirs(&layers)?))
                     }
                 };
                 let scratch = self.store.temp_dir()?;
@@ -590,11 +590,7 @@ impl<'a> Executor<'a> {
                 self.write_layer(step, entries)?
             }
             Op::Run(r) => {
-                let layers = self.chain_layers(parent)?;
-                let mut dirs = Vec::with_capacity(layers.len());
-                for l in &layers {
-                    dirs.push(self.extracted(l)?);
-                }
+                let dirs = self.layer_dirs(&self.chain_layers(parent)?)?;
                 let below = RootFs::new(dirs.clone());
                 let scratch = self.store.temp_dir()?;
                 let out = |line: &str| self.progress.output(step, line);
@@ -710,29 +706,14 @@ impl<'a> Executor<'a> {
             .collect())
     }
 
-    /// The filesystem after step `last`, over extracted layers.
-    fn rootfs(&self, last: usize) -> Result<RootFs, ExecError> {
-        let layers = self.chain_layers(last)?;
-        let mut dirs = Vec::with_capacity(layers.len());
-        for l in &layers {
-            dirs.push(self.extracted(l)?);
-        }
-        Ok(RootFs::new(dirs))
+    /// The extracted directories of `layers`, bottom first (extracting what is not yet).
+    fn layer_dirs(&self, layers: &[LayerRecord]) -> Result<Vec<PathBuf>, ExecError> {
+        layers.iter().map(|l| self.extracted(l)).collect()
     }
 
-    /// The filesystem of the image a `COPY --from=image` names.
-    fn image_rootfs(&self, step: &Step, _: usize) -> Result<RootFs, ExecError> {
-        let Op::Copy(c) = &step.op else {
-            unreachable!()
-        };
-        let imgbuild_planner::CopySource::Image { manifest, .. } = &c.source else {
-            unreachable!()
-        };
-        let mut dirs = Vec::new();
-        for l in self.image_layers(step, manifest)? {
-            dirs.push(self.extracted(&l)?);
-        }
-        Ok(RootFs::new(dirs))
+    /// The filesystem after step `last`, over extracted layers.
+    fn rootfs(&self, last: usize) -> Result<RootFs, ExecError> {
+        Ok(RootFs::new(self.layer_dirs(&self.chain_layers(last)?)?))
     }
 
     /// The directory a layer is extracted in, extracting it once (whiteouts kept as marker

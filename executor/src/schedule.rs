@@ -87,6 +87,29 @@ impl Lanes {
     fn free(&mut self, lane: usize) {
         self.0[lane - 1] = false;
     }
+
+    /// Records a step decided without running (a cache hit, a failed decision): it takes no
+    /// time, on the lowest free lane.
+    fn instant(
+        &mut self,
+        timeline: &mut Vec<Timing>,
+        step: usize,
+        ready: Duration,
+        now: Duration,
+        outcome: Outcome,
+    ) {
+        let lane = self.take();
+        let at = now.max(ready);
+        timeline.push(Timing {
+            step,
+            ready,
+            start: at,
+            end: at,
+            lane,
+            outcome,
+        });
+        self.free(lane);
+    }
 }
 
 /// For each step, the length of the longest chain of steps that need it.
@@ -191,32 +214,14 @@ pub(crate) fn run<E: Send + From<Panicked>>(
                 match ready(id) {
                     Ok(Ready::Nothing) => done(id, &mut waiting, &mut decide, &mut ready_at),
                     Ok(Ready::Cached) => {
-                        let lane = lanes.take();
-                        let now = t0.elapsed();
-                        report.timeline.push(Timing {
-                            step: id,
-                            ready: ready_at[id],
-                            start: now.max(ready_at[id]),
-                            end: now.max(ready_at[id]),
-                            lane,
-                            outcome: Outcome::Cached,
-                        });
-                        lanes.free(lane);
+                        let at = t0.elapsed();
+                        lanes.instant(&mut report.timeline, id, ready_at[id], at, Outcome::Cached);
                         done(id, &mut waiting, &mut decide, &mut ready_at);
                     }
                     Ok(Ready::Run) => runnable.push((height[id], Reverse(id))),
                     Err(e) => {
-                        let lane = lanes.take();
-                        let now = t0.elapsed();
-                        report.timeline.push(Timing {
-                            step: id,
-                            ready: ready_at[id],
-                            start: now.max(ready_at[id]),
-                            end: now.max(ready_at[id]),
-                            lane,
-                            outcome: Outcome::Failed,
-                        });
-                        lanes.free(lane);
+                        let at = t0.elapsed();
+                        lanes.instant(&mut report.timeline, id, ready_at[id], at, Outcome::Failed);
                         report.failures.push((id, e));
                         stop = true;
                     }

@@ -562,14 +562,14 @@ impl<'a> Planner<'a> {
                 }
             }
             Instruction::Cmd(c) => {
-                let args = self.command(&c.command, &st.config);
+                let args = command(&c.command, &st.config);
                 let text = format!("CMD {}", go_list(&args));
                 st.config.cmd = Some(args);
                 st.cmd_set = true;
                 self.meta(st, c.span, text);
             }
             Instruction::Entrypoint(e) => {
-                let args = self.command(&e.command, &st.config);
+                let args = command(&e.command, &st.config);
                 let text = format!("ENTRYPOINT {}", go_list(&args));
                 st.config.entrypoint = Some(args);
                 // An ENTRYPOINT resets a CMD inherited from the base image.
@@ -645,18 +645,6 @@ impl<'a> Planner<'a> {
                 "MODULE is only meaningful in a unikernel stage",
                 "start the stage with FROM unikernel",
             ),
-        }
-    }
-
-    /// The argv of CMD / ENTRYPOINT / RUN: exec form as written, shell form through SHELL.
-    fn command(&self, c: &CommandLine, config: &ImageConfig) -> Vec<String> {
-        let values = c.values();
-        if c.prepend_shell {
-            let mut argv = config.shell_or_default();
-            argv.push(values.join(" "));
-            argv
-        } else {
-            values
         }
     }
 
@@ -1199,6 +1187,18 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// The argv of CMD / ENTRYPOINT / RUN: exec form as written, shell form through SHELL.
+fn command(c: &CommandLine, config: &ImageConfig) -> Vec<String> {
+    let values = c.values();
+    if c.prepend_shell {
+        let mut argv = config.shell_or_default();
+        argv.push(values.join(" "));
+        argv
+    } else {
+        values
+    }
+}
+
 /// RUN's argv with BuildKit's heredoc rules: `RUN <<EOF` alone runs the body (as a script
 /// mounted at /dev/pipes/NAME when it starts with `#!`, else through the shell); any other
 /// command line with heredocs is handed to the shell with the bodies put back in place, so the
@@ -1214,12 +1214,7 @@ fn heredoc_command(
         argv
     };
     let Some(first) = c.files.first() else {
-        let argv = if c.prepend_shell {
-            with_shell(values.join(" "))
-        } else {
-            values
-        };
-        return (argv, Vec::new());
+        return (command(c, config), Vec::new());
     };
     let line = values.join(" ");
     let sole = imgbuild_parser::syntax::parse_heredoc(line.trim())

@@ -1,6 +1,6 @@
 //! `imgbuild plan` output: the DAG as text, JSON or Graphviz dot.
 
-use crate::{Key, Op, Plan};
+use crate::{Key, Plan};
 use serde_json::json;
 
 /// One line per step: id, stage, cache state, key, what it does.
@@ -113,9 +113,4 @@ fn trim(s: &str, n: usize) -> String {
 
 fn dot_quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// Whether a step's op reads the build context (for explain output).
-pub fn reads_context(op: &Op) -> bool {
-    matches!(op, Op::Copy(c) if c.source == crate::CopySource::Context)
 }

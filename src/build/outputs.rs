@@ -6,8 +6,7 @@ use imgbuild_cache::layer::{
     self, Compression, DirOptions, ExtractMode, ExtractOptions, LayerOptions, entries_from_dir,
 };
 use imgbuild_cache::oci::{
-    self, BuiltinDecompressor, Descriptor, ImageConfig as OciConfig, ImageRef, Manifest,
-    canonical_digest,
+    self, BuiltinDecompressor, Descriptor, ImageRef, Manifest, canonical_digest,
 };
 use imgbuild_cache::store::Store;
 use std::fs;
@@ -142,7 +141,6 @@ fn tag_of(name: &str) -> String {
 /// Applies every layer of an image onto `root` (whiteouts delete, ownership kept when root).
 fn apply_layers(store: &Store, manifest: &Digest, root: &Path) -> anyhow::Result<()> {
     let m: Manifest = serde_json::from_slice(&store.read_blob(manifest)?)?;
-    let _config: OciConfig = serde_json::from_slice(&store.read_blob(&m.config.digest)?)?;
     let opener = BuiltinDecompressor::new(store);
     for l in &m.layers {
         let reader = oci::LayerOpener::open_uncompressed(&opener, l)?;
@@ -160,7 +158,7 @@ fn apply_layers(store: &Store, manifest: &Digest, root: &Path) -> anyhow::Result
 
 /// `.<name>.tmp-<pid>` beside `dest`, after removing what killed builds left there (their
 /// staged trees and archives, and trees they were replacing).
-fn temp_beside(dest: &Path) -> PathBuf {
+pub fn temp_beside(dest: &Path) -> PathBuf {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -227,11 +227,7 @@ fn epoch(timestamp: Option<&str>) -> Result<u64, String> {
 
 /// Writes a small file atomically (temp name beside it, then rename).
 fn write_file(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = build::outputs::temp_beside(path);
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
