@@ -66,6 +66,20 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse_from(argv);
+    // Without root, commands that use the store run in a user namespace of their own
+    // (rootless builds); still single-threaded here, as entering one requires.
+    if matches!(
+        cli.command,
+        Command::Build(_)
+            | Command::Plan(_)
+            | Command::Images(_)
+            | Command::Prune(_)
+            | Command::Du(_)
+    ) && let Err(e) = imgbuild_executor::userns::enter()
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     let result = match cli.command {
         Command::Build(a) => cmd::build::run(*a),
         Command::Plan(a) => cmd::plan::run(a),

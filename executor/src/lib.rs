@@ -23,7 +23,9 @@ mod run;
 pub mod sandbox;
 mod schedule;
 pub mod trace;
+mod treediff;
 pub mod userdb;
+pub mod userns;
 
 pub use schedule::{Outcome, Timing};
 
@@ -745,14 +747,17 @@ impl<'a> Executor<'a> {
             inner: reader,
             digest: DigestWriter::new(io::sink()),
         };
-        // As root, layers are extracted with overlayfs's own whiteouts, so the same trees are
-        // RUN's overlay lower dirs; without privileges, whiteouts stay marker files.
+        // As root (also in a rootless build's user namespace), layers are extracted with
+        // overlayfs's own whiteouts and `user.overlay.opaque` marks, so the same trees are RUN's
+        // overlay lower dirs (mounted with `userxattr`, which works with and without root);
+        // without privileges, whiteouts stay marker files.
         let options = ExtractOptions {
             mode: if rustix::process::geteuid().is_root() {
                 ExtractMode::Overlay
             } else {
                 ExtractMode::Plain
             },
+            overlay_user_xattrs: true,
             ..ExtractOptions::default()
         };
         extract(&mut hashing, tmp.path(), &options)

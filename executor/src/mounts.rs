@@ -402,6 +402,28 @@ fn bind_mount(
             )
         }
     };
+    if crate::run::copy_roots() {
+        // No overlayfs: a copy of what the mount shows; writes to it (`rw`) are discarded
+        // with the scratch dir all the same.
+        let copy = dir.join("copy");
+        fs::create_dir_all(&copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+        let bottom_first: Vec<PathBuf> = lower.iter().rev().cloned().collect();
+        crate::treediff::materialize(&bottom_first, &copy)
+            .map_err(|e| format!("copying the files for {target}: {e}"))?;
+        return Ok(MountSpec {
+            target: resolve_target(below, &target)?,
+            dir: is_dir,
+            kind: MountKind::Bind {
+                source: if subpath.is_empty() {
+                    copy
+                } else {
+                    copy.join(&subpath)
+                },
+                readonly: m.read_only,
+                restricted: false,
+            },
+        });
+    }
     let mut lower = lower;
     let mut n = 0;
     while lower.len() < 2 {
@@ -838,7 +860,9 @@ fn forward(a: UnixStream, b: UnixStream) {
 /// target and its ancestors, deepest first, an empty directory (or an empty file at a target)
 /// the image below did not have, and an empty directory the image has with the same mode and
 /// owner that overlayfs only copied up to hold a mount point below it.
-pub(crate) fn remove_stubs(upper: &Path, below: &RootFs, targets: &[String]) {
+/// The mount targets (relative) and every directory on the way to them, deepest first, each
+/// with whether it is a target itself.
+pub(crate) fn stub_paths(targets: &[String]) -> Vec<(String, bool)> {
     let mut paths: BTreeMap<String, bool> = BTreeMap::new();
     for t in targets {
         let comps: Vec<&str> = t.split('/').filter(|c| !c.is_empty()).collect();
@@ -850,7 +874,11 @@ pub(crate) fn remove_stubs(upper: &Path, below: &RootFs, targets: &[String]) {
     }
     let mut ordered: Vec<(String, bool)> = paths.into_iter().collect();
     ordered.sort_by_key(|(p, _)| std::cmp::Reverse(p.split('/').count()));
-    for (rel, is_target) in ordered {
+    ordered
+}
+
+pub(crate) fn remove_stubs(upper: &Path, below: &RootFs, targets: &[String]) {
+    for (rel, is_target) in stub_paths(targets) {
         let p = upper.join(&rel);
         let Ok(meta) = fs::symlink_metadata(&p) else {
             continue;
@@ -867,7 +895,7 @@ pub(crate) fn remove_stubs(upper: &Path, below: &RootFs, targets: &[String]) {
             Some(f)
                 if empty_dir
                     && f.is_dir()
-                    && !is_opaque(&p)
+                    && !crate::rootfs::has_opaque_xattr(&p)
                     && f.mode() == meta.mode() & 0o7777
                     && f.meta.uid() == meta.uid()
                     && f.meta.gid() == meta.gid() =>
@@ -877,14 +905,6 @@ pub(crate) fn remove_stubs(upper: &Path, below: &RootFs, targets: &[String]) {
             _ => {}
         }
     }
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    let mut buf = [0u8; 4];
-    matches!(
-        rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf),
-        Ok(1) if buf[0] == b'y'
-    )
 }
 
 #[cfg(test)]

@@ -281,14 +281,18 @@ fn is_overlay_whiteout(meta: &Metadata) -> bool {
 
 /// A directory that hides lower layers' contents: the marker file, or overlayfs's xattr.
 fn is_opaque(dir: &std::path::Path) -> bool {
-    if dir.join(OPAQUE).exists() {
-        return true;
-    }
-    let mut buf = [0u8; 4];
-    matches!(
-        rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut buf),
-        Ok(1) if buf[0] == b'y'
-    )
+    dir.join(OPAQUE).exists() || has_opaque_xattr(dir)
+}
+
+/// overlayfs's opaque mark on a directory, in either namespace: `user.overlay.opaque` (the
+/// trees we extract and mount with `userxattr`) or `trusted.overlay.opaque`.
+pub(crate) fn has_opaque_xattr(dir: &std::path::Path) -> bool {
+    ["user.overlay.opaque", "trusted.overlay.opaque"]
+        .iter()
+        .any(|name| {
+            let mut buf = [0u8; 4];
+            matches!(rustix::fs::lgetxattr(dir, *name, &mut buf), Ok(1) if buf[0] == b'y')
+        })
 }
 
 /// The components of a path, `.` and empty ones dropped (`..` kept: resolution handles it).

@@ -5,6 +5,7 @@ use crate::Executor;
 use crate::mounts;
 use crate::rootfs::RootFs;
 use crate::sandbox::{Bind, NetMode, Spec};
+use crate::treediff;
 use crate::userdb;
 use imgbuild_cache::layer::{DirOptions, Entry, entries_from_dir};
 use imgbuild_planner::{RunOp, Step};
@@ -14,7 +15,8 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
 
 /// Lines of a failed command's output shown in the error.
 const TAIL_LINES: usize = 20;
@@ -47,6 +49,21 @@ fn sandbox_exe() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("cannot find our own executable: {e}"))
 }
 
+/// Set once overlayfs is found missing (or `IMGBUILD_ROOTFS=copy`): RUN then copies the image
+/// into a directory and diffs it afterwards (see `treediff`).
+static COPY_ROOTS: AtomicBool = AtomicBool::new(false);
+static COPY_ROOTS_ENV: Once = Once::new();
+
+/// Whether RUN (and its mounts of other stages) copy trees instead of mounting overlays.
+pub(crate) fn copy_roots() -> bool {
+    COPY_ROOTS_ENV.call_once(|| {
+        if std::env::var("IMGBUILD_ROOTFS").is_ok_and(|v| v == "copy") {
+            COPY_ROOTS.store(true, Ordering::Relaxed);
+        }
+    });
+    COPY_ROOTS.load(Ordering::Relaxed)
+}
+
 /// Runs `op` over `layers` (extracted layer dirs, bottom first) in `scratch`; returns the
 /// entries the command added, changed or deleted.
 pub(crate) fn run(
@@ -60,15 +77,55 @@ pub(crate) fn run(
 ) -> Result<Vec<Entry>, String> {
     if !rustix::process::geteuid().is_root() {
         return Err(
-            "RUN needs root for now (namespaces and overlay mounts); rootless builds come later"
+            "RUN needs root or a user namespace of its own: the imgbuild command \
+                    enters one when run without root (imgbuild_executor::userns::enter)"
                 .into(),
         );
     }
+    let copied = copy_roots();
+    match run_in(exec, step, op, layers, below, scratch, output, copied)? {
+        Some(entries) => Ok(entries),
+        None => {
+            if !COPY_ROOTS.swap(true, Ordering::Relaxed) {
+                exec.progress.note(
+                    "overlayfs cannot be mounted here: RUN copies the image for each step \
+                     instead (slower; the layers are the same)",
+                );
+            }
+            let again = scratch.join("copied");
+            run_in(exec, step, op, layers, below, &again, output, true)?
+                .ok_or_else(|| "the sandbox could not set up its root".into())
+        }
+    }
+}
+
+/// One attempt: `None` when overlayfs turned out not to be available.
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    exec: &Executor,
+    step: &Step,
+    op: &RunOp,
+    layers: &[PathBuf],
+    below: &RootFs,
+    scratch: &Path,
+    output: &(dyn Fn(&str) + Sync),
+    copied: bool,
+) -> Result<Option<Vec<Entry>>, String> {
     let dirs = ["upper", "work", "merged", "etc", "pipes"].map(|d| scratch.join(d));
     for d in &dirs {
         fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     let [upper, work, merged, etc, pipes] = dirs;
+    let snapshot = if copied {
+        treediff::materialize(layers, &merged)
+            .map_err(|e| format!("copying the image for the step: {e}"))?;
+        Some(
+            treediff::Snapshot::take(&merged)
+                .map_err(|e| format!("reading the image before the step: {e}"))?,
+        )
+    } else {
+        None
+    };
 
     // USER: a name or number; named users get their passwd group.
     let (uid, gid) = if op.user.is_empty() {
@@ -125,7 +182,7 @@ pub(crate) fn run(
         lower: layers.iter().rev().cloned().collect(),
         upper: upper.clone(),
         work,
-        merged,
+        merged: merged.clone(),
         args: op.args.clone(),
         env,
         cwd: if op.workdir.is_empty() {
@@ -143,6 +200,7 @@ pub(crate) fn run(
         privileged,
         mounts: mounted.mounts.clone(),
         secret_env: mounted.secret_env.clone(),
+        copied,
     };
     let spec_path = scratch.join("spec.json");
     fs::write(
@@ -185,6 +243,9 @@ pub(crate) fn run(
     })
     .map_err(|e| format!("waiting for the sandbox: {e}"))?;
     drop(group);
+    if !copied && crate::sandbox::no_overlay_marker(&upper).exists() {
+        return Ok(None);
+    }
     if !status.success() {
         let code = status.code().unwrap_or(-1);
         let lines: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
@@ -215,6 +276,10 @@ pub(crate) fn run(
                 .map(|m| m.target.trim_start_matches('/').to_owned()),
         )
         .collect();
+    if let Some(snapshot) = snapshot {
+        treediff::remove_new_stubs(&merged, &snapshot, &targets);
+        return snapshot.diff(&merged, &targets).map(Some);
+    }
     mounts::remove_stubs(&upper, below, &targets);
     entries_from_dir(
         &upper,
@@ -223,5 +288,6 @@ pub(crate) fn run(
             ..DirOptions::default()
         },
     )
+    .map(Some)
     .map_err(|e| format!("reading the step's changes: {e}"))
 }

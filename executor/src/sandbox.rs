@@ -121,10 +121,21 @@ pub struct Spec {
     /// `RUN --mount`s, parents before children; mounted after `binds`.
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
+    /// `merged` already holds a copy of the image (no overlayfs here): use it as the root
+    /// instead of mounting an overlay; the parent diffs it afterwards.
+    #[serde(default)]
+    pub copied: bool,
     /// Secrets for the command's environment: (variable, file holding the value). The values
     /// are read here, never written into the spec.
     #[serde(default)]
     pub secret_env: Vec<(String, PathBuf)>,
+}
+
+/// The file (beside the spec's upper dir) the helper leaves when overlayfs could not be
+/// mounted: the parent then falls back to a copied root (and does so for the rest of the
+/// build). A file, not an exit status, so no command's own status is mistaken for it.
+pub fn no_overlay_marker(upper: &Path) -> PathBuf {
+    upper.with_file_name("no-overlay")
 }
 
 /// Entry point of `imgbuild __sandbox SPEC`. Never returns.
@@ -153,7 +164,9 @@ fn run_helper(spec_path: &Path) -> Result<i32, String> {
     if spec.network == NetMode::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    unshare(flags).map_err(|e| format!("unshare: {e} (RUN needs root and namespace support)"))?;
+    unshare(flags).map_err(|e| {
+        format!("unshare: {e} (RUN needs root or a user namespace, and namespace support)")
+    })?;
     // SAFETY: single-threaded here (a fresh re-exec that has started no threads).
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => Ok(wait_exit(child)),
@@ -210,23 +223,26 @@ fn init(spec: &Spec) -> Result<i32, String> {
     } else {
         spec.lower.clone()
     };
-    let lowerdir: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowerdir.join(":"),
-        spec.upper.display(),
-        spec.work.display()
-    );
-    ctx(
-        mount(
+    if spec.copied {
+        // No overlayfs: the parent copied the image into `merged`; it only has to be a mount
+        // point for pivot_root.
+        bind(root, root, false)?;
+    } else {
+        let opts = overlay_options(&lower, Some((&spec.upper, &spec.work)));
+        if let Err(e) = mount(
             Some("overlay"),
             root,
             Some("overlay"),
             MsFlags::empty(),
             Some(opts.as_str()),
-        ),
-        || format!("mounting the overlay root ({} layers)", lower.len()),
-    )?;
+        ) {
+            let _ = fs::write(no_overlay_marker(&spec.upper), e.to_string());
+            return Err(format!(
+                "mounting the overlay root ({} layers): {e}",
+                lower.len()
+            ));
+        }
+    }
 
     // /proc for the new PID namespace, a read-only /sys, a minimal /dev.
     let proc_dir = ensure_dir(root, "proc")?;
@@ -337,8 +353,12 @@ fn exec_command(spec: &Spec, secret_env: &[(String, Vec<u8>)]) -> String {
             Err(e) => return format!("cannot open the heredoc input: {e}"),
         }
     }
+    let mapping = crate::userns::mapping();
     let groups: Vec<Gid> = spec.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    if let Err(e) = nix::unistd::setgroups(&groups) {
+    // A single-uid user namespace was made with setgroups denied: the list stays as it is.
+    if mapping != crate::userns::Mapping::Single
+        && let Err(e) = nix::unistd::setgroups(&groups)
+    {
         return format!("setgroups: {e}");
     }
     if !spec.privileged
@@ -351,14 +371,14 @@ fn exec_command(spec: &Spec, secret_env: &[(String, Vec<u8>)]) -> String {
         Gid::from_raw(spec.gid),
         Gid::from_raw(spec.gid),
     ) {
-        return format!("setgid {}: {e}", spec.gid);
+        return format!("setgid {}: {e}{}", spec.gid, unmapped_hint(e, mapping));
     }
     if let Err(e) = nix::unistd::setresuid(
         Uid::from_raw(spec.uid),
         Uid::from_raw(spec.uid),
         Uid::from_raw(spec.uid),
     ) {
-        return format!("setuid {}: {e}", spec.uid);
+        return format!("setuid {}: {e}{}", spec.uid, unmapped_hint(e, mapping));
     }
     if !spec.privileged {
         // SAFETY: prctl with constant arguments.
@@ -412,6 +432,21 @@ fn exec_command(spec: &Spec, secret_env: &[(String, Vec<u8>)]) -> String {
         Err(nix::errno::Errno::ENOENT) => format!("{prog}: not found in the image"),
         Err(e) => format!("cannot run {prog}: {e}"),
         Ok(_) => unreachable!(),
+    }
+}
+
+/// Why an id does not exist in a rootless build, and what to do about it.
+fn unmapped_hint(e: nix::errno::Errno, mapping: crate::userns::Mapping) -> &'static str {
+    match (e, mapping) {
+        (nix::errno::Errno::EINVAL, crate::userns::Mapping::Single) => {
+            " (this rootless build maps only your own uid, as root: give your user ranges in \
+             /etc/subuid and /etc/subgid and install newuidmap (Debian package uidmap) to RUN \
+             as other users)"
+        }
+        (nix::errno::Errno::EINVAL, crate::userns::Mapping::Ranges { .. }) => {
+            " (the id is outside this rootless build's /etc/subuid or /etc/subgid range)"
+        }
+        _ => "",
     }
 }
 
@@ -557,15 +592,10 @@ fn run_mount(root: &Path, m: &MountSpec) -> Result<(), String> {
             staging,
             subpath,
         } => {
-            let lowerdir: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-            let mut opts = format!("lowerdir={}", lowerdir.join(":"));
-            if let Some((u, w)) = upper {
-                opts.push_str(&format!(
-                    ",upperdir={},workdir={}",
-                    u.display(),
-                    w.display()
-                ));
-            }
+            let opts = overlay_options(
+                lower,
+                upper.as_ref().map(|(u, w)| (u.as_path(), w.as_path())),
+            );
             ctx(
                 mount(
                     Some("overlay"),
@@ -601,6 +631,23 @@ fn run_mount(root: &Path, m: &MountSpec) -> Result<(), String> {
             )
         }
     }
+}
+
+/// Mount options of an overlay. `userxattr`: whiteouts and opaque marks live in `user.overlay.*`
+/// xattrs, which a rootless build's user namespace may set (and root may too), so the layer
+/// trees in the store serve both.
+fn overlay_options(lower: &[PathBuf], upper: Option<(&Path, &Path)>) -> String {
+    let lowerdir: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    let mut opts = format!("lowerdir={}", lowerdir.join(":"));
+    if let Some((u, w)) = upper {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        ));
+    }
+    opts.push_str(",userxattr");
+    opts
 }
 
 /// Creates the mount point `target` (absolute in the sandbox) under `root`: missing

@@ -11,6 +11,7 @@ mod mounts;
 mod parallel;
 mod parse;
 mod robust;
+mod rootless;
 mod run;
 
 use std::path::{Path, PathBuf};

@@ -46,6 +46,7 @@
 //! become holes.
 
 use super::entry::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use super::owner::{OWNER_XATTR, chownat_or_skip, fchown_or_record};
 use super::resolve::{Resolver, Root, lstat_at};
 use super::{LayerError, Result, io_err};
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
@@ -434,7 +435,7 @@ impl Extractor<'_> {
         })?;
         self.report.file_bytes += n;
         if let Some((uid, gid)) = self.owner(meta) {
-            rustix::fs::fchown(&file, Some(uid), Some(gid)).map_err(self.errno(rel))?;
+            fchown_or_record(file.as_fd(), uid.as_raw(), gid.as_raw()).map_err(self.io(rel))?;
         }
         rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(self.errno(rel))?;
         self.xattrs(XattrTarget::Fd(file.as_fd()), rel, &meta.xattrs);
@@ -459,7 +460,7 @@ impl Extractor<'_> {
         )
         .map_err(self.errno(rel))?;
         if let Some((uid, gid)) = self.owner(meta) {
-            rustix::fs::fchown(&fd, Some(uid), Some(gid)).map_err(self.errno(rel))?;
+            fchown_or_record(fd.as_fd(), uid.as_raw(), gid.as_raw()).map_err(self.io(rel))?;
         }
         self.xattrs(XattrTarget::Fd(fd.as_fd()), rel, &meta.xattrs);
         self.dirs.insert(rel.to_vec(), (meta.mode, meta.mtime));
@@ -491,8 +492,13 @@ impl Extractor<'_> {
         chmod: bool,
     ) -> Result<()> {
         if let Some((uid, gid)) = self.owner(meta) {
-            rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(self.errno(rel))?;
+            chownat_or_skip(
+                dir.as_fd(),
+                OsStr::from_bytes(name),
+                uid.as_raw(),
+                gid.as_raw(),
+            )
+            .map_err(self.io(rel))?;
         }
         if chmod {
             // Not a symlink (we just made it), so fchmodat's following is moot.
@@ -725,7 +731,10 @@ impl Extractor<'_> {
 
     fn xattrs(&mut self, target: XattrTarget<'_>, rel: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) {
         for (name, value) in xattrs {
-            if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+            if name.starts_with(b"trusted.overlay.")
+                || name.starts_with(b"user.overlay.")
+                || name == OWNER_XATTR.as_bytes()
+            {
                 continue;
             }
             let result = match target {

@@ -22,6 +22,7 @@ pub mod decompress;
 pub mod entry;
 pub mod extract;
 mod header;
+pub mod owner;
 mod resolve;
 pub mod walk;
 pub mod writer;
@@ -37,6 +38,7 @@ pub use extract::{
     ExtractMode, ExtractOptions, ExtractReport, Ownership, SkipReason, Skipped, XattrFailure,
     extract,
 };
+pub use owner::{OWNER_XATTR, owner_of};
 pub use walk::{DirOptions, HardlinkTracker, Owner, entries_from_dir, entries_from_path};
 pub use writer::{
     Compression, LayerInfo, LayerOptions, LayerWriter, MEDIA_TYPE_TAR, MEDIA_TYPE_TAR_GZIP,

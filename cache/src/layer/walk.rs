@@ -226,7 +226,8 @@ fn read_one(abs: &Path, path: PathBuf, options: &DirOptions) -> Result<Option<Fo
     } else {
         return Ok(None); // a socket
     };
-    let (uid, gid) = options.owner.apply(m.uid(), m.gid());
+    let disk = super::owner::take_recorded(&mut xattrs, (m.uid(), m.gid()));
+    let (uid, gid) = options.owner.apply(disk.0, disk.1);
     let mtime = u64::try_from(m.mtime()).unwrap_or(0);
     let entry = Entry {
         path,
