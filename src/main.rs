@@ -39,12 +39,21 @@ enum Command {
     Parse(cmd::parse::Args),
     /// Parse and validate a Dockerfile without building it.
     Check(cmd::check::Args),
+    /// Push an image from the store to a registry.
+    Push(cmd::push::Args),
+    /// Check and store credentials for a registry.
+    Login(cmd::login::LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(cmd::login::LogoutArgs),
+    /// Pin every base image, ADD URL and git ref of a build in imgbuild.lock.
+    Lock(cmd::lock::Args),
 }
 
 /// Exit statuses: 0 ok, 1 the work failed (bad Dockerfile, failed build), 2 usage error.
 /// The subcommand names: any other first argument means `build` (`imgbuild .`).
 const SUBCOMMANDS: &[&str] = &[
-    "build", "plan", "images", "prune", "du", "parse", "check", "help",
+    "build", "plan", "images", "prune", "du", "parse", "check", "push", "login", "logout", "lock",
+    "help",
 ];
 
 fn main() -> ExitCode {
@@ -75,6 +84,8 @@ fn main() -> ExitCode {
             | Command::Images(_)
             | Command::Prune(_)
             | Command::Du(_)
+            | Command::Push(_)
+            | Command::Lock(_)
     ) && let Err(e) = imgbuild_executor::userns::enter()
     {
         eprintln!("error: {e}");
@@ -88,6 +99,10 @@ fn main() -> ExitCode {
         Command::Du(a) => cmd::store::du(a),
         Command::Parse(a) => cmd::parse::run(a),
         Command::Check(a) => cmd::check::run(a),
+        Command::Push(a) => cmd::push::run(a),
+        Command::Login(a) => cmd::login::login(a),
+        Command::Logout(a) => cmd::login::logout(a),
+        Command::Lock(a) => cmd::lock::run(a),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,7 @@
 
 pub mod context;
 pub mod digest;
+pub mod export;
 pub mod layer;
 pub mod oci;
 pub mod store;

@@ -13,6 +13,9 @@
 //!   [`RemoteSource::file_name`](imgbuild_planner::RemoteSource)) in a directory destination,
 //!   gets mode 0600, owner 0:0 and the build epoch as mtime; it is unpacked only with
 //!   `--unpack=true`.
+//! - `ADD <git URL>`: the repository tree (a tar the planner's inputs made, modes git's) is
+//!   copied into the destination like a directory source: owner 0:0 (or `--chown`), mtimes
+//!   the build epoch.
 //!
 //! The destination is resolved in the image below the step (symlinks followed, chroot-style),
 //! so a link in the image can never make a layer write outside it.
@@ -26,7 +29,7 @@ use imgbuild_cache::layer::{
     decompress_detect, entries_from_dir, extract,
 };
 use imgbuild_parser::ignore::PatternMatcher;
-use imgbuild_planner::{CopyOp, RemoteSource};
+use imgbuild_planner::{CopyOp, GitSource, RemoteSource};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -38,13 +41,15 @@ pub enum Source<'a> {
     Fs(RootFs),
 }
 
-/// Where the content of an `ADD <url>` source is, by its digest (`sha256:…`).
+/// Where the content of an `ADD <url>` source (or the tar of an `ADD <git URL>` tree) is, by
+/// its digest (`sha256:…`).
 pub type RemoteContent<'a> = &'a dyn Fn(&str) -> Result<PathBuf, String>;
 
 /// What a context-side source of a COPY/ADD selected, in the order of the sources.
 enum Selected<'a> {
     Context(context::SelectedItem<'a>),
     Remote(&'a RemoteSource),
+    Git(&'a GitSource),
 }
 
 /// One file to put in the layer, before ownership and mode rules are applied.
@@ -106,6 +111,11 @@ pub fn entries(
                     selected.push(Selected::Remote(r));
                     continue;
                 }
+                if let Some(g) = op.git.iter().find(|g| g.source == *src) {
+                    count += 1;
+                    selected.push(Selected::Git(g));
+                    continue;
+                }
                 let sel = snap.select(src).map_err(|e| e.to_string())?;
                 for it in sel.items() {
                     count += 1;
@@ -136,6 +146,15 @@ pub fn entries(
                         scratch,
                         &mut items,
                     )?,
+                    Selected::Git(g) => {
+                        let first = items.len();
+                        unpack_archive(&remote(&g.digest)?, &dest_resolved, scratch, &mut items)
+                            .map_err(|e| format!("the tree of {}: {e}", g.source))?;
+                        for it in &mut items[first..] {
+                            it.owner = Some(Owner { uid: 0, gid: 0 });
+                            it.mtime = epoch;
+                        }
+                    }
                 }
             }
         }

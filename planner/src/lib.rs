@@ -14,11 +14,13 @@
 //! on (FROM another stage, `COPY --from`, `RUN --mount=from`) first.
 
 pub mod config;
+pub mod git;
 pub mod key;
 mod plan;
 pub mod render;
 
 pub use config::{Healthcheck, History, ImageConfig};
+pub use git::GitRef;
 pub use key::{Key, KeyHasher};
 pub use plan::plan;
 
@@ -105,6 +107,16 @@ pub struct RemoteFile {
     pub size: u64,
 }
 
+/// The tree an `ADD <git URL>` takes, as the outside world resolved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitTree {
+    /// The commit the ref resolved to (hex object name).
+    pub commit: String,
+    /// `sha256:…` of the tree as an uncompressed tar the executor can read (made by the
+    /// implementation, modes already git's, owners root).
+    pub digest: String,
+}
+
 /// What the planner asks the outside world. Implemented by the binary over the store and the
 /// build context; by fixed tables in tests.
 pub trait Inputs {
@@ -119,6 +131,15 @@ pub trait Inputs {
         let _ = checksum;
         Err(format!(
             "cannot fetch {url}: no remote sources in this build"
+        ))
+    }
+    /// The tree of the git repository an ADD names, at the commit its ref resolves to now
+    /// (the implementation makes the tree available to the executor under its digest).
+    fn git(&self, source: &GitRef, keep_git_dir: bool) -> Result<GitTree, String> {
+        let _ = keep_git_dir;
+        Err(format!(
+            "cannot fetch the git repository {}: no git sources in this build",
+            source.url
         ))
     }
 }
@@ -145,6 +166,22 @@ pub struct RemoteSource {
     pub file_name: String,
 }
 
+/// An `ADD <git URL>` source: the repository tree at the commit the build resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GitSource {
+    /// The source as written (expanded): an entry of [`CopyOp::sources`].
+    pub source: String,
+    /// The repository URL, without the fragment.
+    pub url: String,
+    pub commit: String,
+    /// The directory of the tree taken (`None`: all of it).
+    pub subdir: Option<String>,
+    /// `--keep-git-dir=true`: the tree holds a `.git` checked out at `commit`.
+    pub keep_git_dir: bool,
+    /// `sha256:…` of the tree as an uncompressed tar in the store.
+    pub digest: String,
+}
+
 /// A COPY or ADD with every variable expanded and the destination made absolute.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CopyOp {
@@ -155,6 +192,8 @@ pub struct CopyOp {
     pub sources: Vec<String>,
     /// What the URLs among `sources` hold (ADD only).
     pub remotes: Vec<RemoteSource>,
+    /// What the git repositories among `sources` hold (ADD only).
+    pub git: Vec<GitSource>,
     /// Heredoc sources: (file name, content).
     pub contents: Vec<(String, String)>,
     /// Absolute; a trailing `/` (meaning "a directory") is kept.

@@ -2,10 +2,11 @@
 //! instruction expanded with the variables in scope and turned into a step or a config change.
 
 use crate::config::{Healthcheck, History, ImageConfig};
+use crate::git::is_git_source;
 use crate::key::{Key, KeyHasher};
 use crate::{
-    BaseImage, BuildOptions, ContextQuery, CopyOp, CopySource, Inputs, Op, Plan, PlannedStage,
-    RemoteSource, RunOp, Step,
+    BaseImage, BuildOptions, ContextQuery, CopyOp, CopySource, GitRef, GitSource, Inputs, Op, Plan,
+    PlannedStage, RemoteSource, RunOp, Step,
 };
 use imgbuild_parser::ast::{Span, Word};
 use imgbuild_parser::diag::Diagnostic;
@@ -712,9 +713,14 @@ impl<'a> Planner<'a> {
             inputs.push(("parent".into(), self.steps[st.last].chain.hex()));
         }
         let mut remotes = Vec::new();
+        let mut git = Vec::new();
         let source = match from {
             None => {
-                let paths: Vec<String> = sources.iter().filter(|s| !is_url(s)).cloned().collect();
+                let paths: Vec<String> = sources
+                    .iter()
+                    .filter(|s| !is_url(s) && !is_git_source(s))
+                    .cloned()
+                    .collect();
                 if !paths.is_empty() {
                     let q = ContextQuery {
                         sources: paths,
@@ -753,6 +759,40 @@ impl<'a> Planner<'a> {
                                 e,
                                 "check the URL (and --checksum); the file is fetched when the \
                                  build is planned",
+                            );
+                            return;
+                        }
+                    }
+                }
+                // ADD <git URL>: the key covers the repository, the commit its ref resolves to
+                // now (never the ref name alone), the subdirectory and --keep-git-dir.
+                for src in sources.iter().filter(|s| is_git_source(s)) {
+                    let keep = keep_git_dir == Some(true);
+                    let tree =
+                        GitRef::parse(src).and_then(|g| self.inputs.git(&g, keep).map(|t| (g, t)));
+                    match tree {
+                        Ok((g, t)) => {
+                            h.str("git")
+                                .str(&g.url)
+                                .str(&t.commit)
+                                .opt(g.subdir.as_deref())
+                                .bool(keep);
+                            inputs.push((format!("git {}", g.repo_ref()), t.commit.clone()));
+                            git.push(GitSource {
+                                source: src.clone(),
+                                url: g.url,
+                                commit: t.commit,
+                                subdir: g.subdir,
+                                keep_git_dir: keep,
+                                digest: t.digest,
+                            });
+                        }
+                        Err(e) => {
+                            self.error(
+                                span,
+                                e,
+                                "check the repository URL and the ref (`#REF[:SUBDIR]`); the ref \
+                                 is resolved when the build is planned",
                             );
                             return;
                         }
@@ -819,6 +859,7 @@ impl<'a> Planner<'a> {
             source,
             sources,
             remotes,
+            git,
             contents,
             dest,
             chown,
@@ -852,19 +893,12 @@ impl<'a> Planner<'a> {
         sources: &[String],
         checksum: Option<&str>,
     ) -> bool {
-        if let Some(g) = sources.iter().find(|s| is_git_source(s)) {
-            let (msg, help) = if add {
-                (
-                    format!("ADD of a git repository ({g}) is not supported yet"),
-                    "clone it in an earlier stage, or COPY a checkout from the context",
-                )
-            } else {
-                (
-                    "source can't be a git ref for COPY".to_owned(),
-                    "COPY takes paths; ADD names git repositories",
-                )
-            };
-            self.error(span, msg, help);
+        if !add && sources.iter().any(|s| is_git_source(s)) {
+            self.error(
+                span,
+                "source can't be a git ref for COPY",
+                "COPY takes paths; ADD names git repositories",
+            );
             return false;
         }
         if !add && sources.iter().any(|s| is_url(s)) {
@@ -1367,22 +1401,6 @@ fn is_url(s: &str) -> bool {
     (s.starts_with("http://") || s.starts_with("https://")) && !is_git_source(s)
 }
 
-/// A git repository as BuildKit recognises one: `git@host:…`, `git://`, `ssh://`, or an
-/// http(s) URL whose path ends in `.git` (a `#ref` may follow).
-fn is_git_source(s: &str) -> bool {
-    if s.starts_with("git@") || s.starts_with("git://") || s.starts_with("ssh://") {
-        return true;
-    }
-    let Some(rest) = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let path = rest.split(['#', '?']).next().unwrap_or("");
-    path.contains('/') && path.ends_with(".git")
-}
-
 fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
         h.len() == 64
@@ -1517,6 +1535,90 @@ fn relocate(ins: &mut Instruction, span: Span) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Git refs resolve through a table: (url, ref) -> commit.
+    struct GitTable(Vec<(&'static str, Option<&'static str>, &'static str)>);
+
+    impl Inputs for GitTable {
+        fn image(&self, r: &str) -> Result<BaseImage, String> {
+            Err(format!("{r}: no images here"))
+        }
+        fn context(&self, _: &ContextQuery) -> Result<crate::ContextSelection, String> {
+            Err("no context".into())
+        }
+        fn git(&self, g: &GitRef, keep: bool) -> Result<crate::GitTree, String> {
+            let (_, _, commit) = self
+                .0
+                .iter()
+                .find(|(u, r, _)| *u == g.url && *r == g.reference.as_deref())
+                .ok_or_else(|| format!("{}: unknown ref", g.repo_ref()))?;
+            Ok(crate::GitTree {
+                commit: (*commit).to_owned(),
+                digest: format!("sha256:{}{}", commit.len(), keep),
+            })
+        }
+    }
+
+    fn add_key(df: &str, inputs: &GitTable) -> Result<(Key, CopyOp), String> {
+        let parsed = imgbuild_parser::parse(df, 0);
+        let (typed, _) = instructions::typed(&parsed.ast);
+        let (p, d) = crate::plan(&typed, &BuildOptions::default(), inputs);
+        let p = p.ok_or_else(|| {
+            d.iter()
+                .map(|d| d.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let step = p
+            .steps
+            .iter()
+            .find(|s| matches!(s.op, Op::Copy(_)))
+            .unwrap();
+        let Op::Copy(c) = &step.op else {
+            unreachable!()
+        };
+        Ok((step.key, c.clone()))
+    }
+
+    #[test]
+    fn add_git_keys_cover_the_commit_subdir_and_keep_git_dir() {
+        const U: &str = "git://127.0.0.1/r.git";
+        let t1 = GitTable(vec![(U, Some("main"), "aaaa"), (U, None, "aaaa")]);
+        let t2 = GitTable(vec![(U, Some("main"), "bbbb")]);
+        let df = |src: &str, flags: &str| format!("FROM scratch\nADD {flags} {src} /src/\n");
+        let (k1, c) = add_key(&df(&format!("{U}#main:sub"), ""), &t1).unwrap();
+        assert_eq!(
+            c.git,
+            [GitSource {
+                source: format!("{U}#main:sub"),
+                url: U.into(),
+                commit: "aaaa".into(),
+                subdir: Some("sub".into()),
+                keep_git_dir: false,
+                digest: "sha256:4false".into(),
+            }]
+        );
+        // A new commit on the branch is a new key; the same commit is the same key.
+        let (k2, _) = add_key(&df(&format!("{U}#main:sub"), ""), &t2).unwrap();
+        assert_ne!(k1, k2);
+        assert_eq!(
+            add_key(&df(&format!("{U}#main:sub"), ""), &t1).unwrap().0,
+            k1
+        );
+        let (k3, _) = add_key(&df(&format!("{U}#main:other"), ""), &t1).unwrap();
+        assert_ne!(k1, k3);
+        let (k4, c4) = add_key(&df(&format!("{U}#main:sub"), "--keep-git-dir=true"), &t1).unwrap();
+        assert_ne!(k1, k4);
+        assert!(c4.git[0].keep_git_dir);
+        // Unknown refs and bad fragments are errors of the instruction.
+        let e = add_key(&df(&format!("{U}#nope"), ""), &t1).unwrap_err();
+        assert!(e.contains("git://127.0.0.1/r.git#nope: unknown ref"), "{e}");
+        let e = add_key(&df(&format!("{U}#main:../x"), ""), &t1).unwrap_err();
+        assert!(e.contains("leaves the repository"), "{e}");
+        // COPY never takes a repository.
+        let e = add_key(&format!("FROM scratch\nCOPY {U} /src/\n"), &t1).unwrap_err();
+        assert!(e.contains("source can't be a git ref for COPY"), "{e}");
+    }
 
     #[test]
     fn paths() {

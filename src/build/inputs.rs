@@ -1,6 +1,7 @@
 //! What the planner asks, answered from the store, the build context and (for `ADD <url>`)
 //! the network.
 
+mod git;
 mod remote;
 
 use imgbuild_cache::Digest;
@@ -9,12 +10,69 @@ use imgbuild_cache::oci::{self, ImageConfig as OciConfig, Manifest};
 use imgbuild_cache::store::Store;
 use imgbuild_parser::ignore::PatternMatcher;
 use imgbuild_planner::{
-    BaseImage, ContextQuery, ContextSelection, Healthcheck, History, ImageConfig, Inputs,
-    RemoteFile,
+    BaseImage, ContextQuery, ContextSelection, GitRef, GitTree, Healthcheck, History, ImageConfig,
+    Inputs, RemoteFile,
 };
+use imgbuild_registry::{Reference, Registry};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+/// When `FROM name[:tag]` asks a registry (`--pull`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Resolve every tag against its registry (one manifest request; blobs the store has are
+    /// not downloaded), like BuildKit.
+    #[default]
+    Always,
+    /// Use a copy pulled before when there is one.
+    Missing,
+    /// Never touch the network: only what the store holds.
+    Never,
+}
+
+/// How this process pulls base images; set once by `build` before planning (`plan` and other
+/// callers get the defaults).
+#[derive(Clone, Debug, Default)]
+pub struct PullOptions {
+    pub policy: PullPolicy,
+    pub insecure: Vec<String>,
+    pub quiet: bool,
+}
+
+static PULL: OnceLock<PullOptions> = OnceLock::new();
+
+/// Sets the pull options for this process (the first call wins).
+pub fn configure_pull(options: PullOptions) {
+    let _ = PULL.set(options);
+}
+
+fn pull_options() -> PullOptions {
+    PULL.get().cloned().unwrap_or_default()
+}
+
+/// The registry client options the binary uses (`--insecure-registry`, and
+/// `IMGBUILD_REGISTRY_CHUNK_SIZE` to change the upload chunk size).
+pub fn registry_options(insecure: &[String]) -> imgbuild_registry::Options {
+    let mut o = imgbuild_registry::Options {
+        insecure: insecure.to_vec(),
+        ..Default::default()
+    };
+    if let Some(n) = std::env::var("IMGBUILD_REGISTRY_CHUNK_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        o.chunk_size = n;
+    }
+    o
+}
+
+/// [`registry_options`] with this process's `--insecure-registry` list (for the registry
+/// cache transport).
+pub fn configured_registry_options() -> imgbuild_registry::Options {
+    registry_options(&pull_options().insecure)
+}
 
 pub struct StoreInputs<'a> {
     pub store: &'a Store,
@@ -23,6 +81,12 @@ pub struct StoreInputs<'a> {
     resolved: Mutex<HashMap<String, Result<BaseImage, String>>>,
     /// `ADD <url>` downloads (each URL once per build).
     remote: remote::Fetcher<'a>,
+    /// The registry client, made when a base image first needs one.
+    registry: OnceLock<Result<Registry, String>>,
+    /// `ADD <git URL>` refs and trees.
+    git: git::GitFetcher<'a>,
+    /// imgbuild.lock: the pins this build uses, and what its sources resolved to.
+    pub lock: super::lock::LockState,
 }
 
 impl<'a> StoreInputs<'a> {
@@ -32,7 +96,67 @@ impl<'a> StoreInputs<'a> {
             context,
             resolved: Mutex::new(HashMap::new()),
             remote: remote::Fetcher::new(store),
+            registry: OnceLock::new(),
+            git: git::GitFetcher::new(store),
+            lock: Default::default(),
         }
+    }
+
+    /// A registry image (`name[:tag|@digest]`) as a manifest in the store. A name the store
+    /// has as a local build (tagged by `-t`, not by a pull) is used as it is; a digest the
+    /// store has needs no network; otherwise `--pull` decides, and a pull downloads only the
+    /// blobs the store lacks.
+    fn resolve_registry_image(&self, reference: &str) -> Result<Digest, String> {
+        let opts = pull_options();
+        let local = self.store.resolve(reference).ok().flatten().map(|(d, _)| d);
+        let r = match Reference::parse(reference) {
+            Ok(r) => r,
+            Err(e) => return local.ok_or_else(|| e.to_string()),
+        };
+        if let Some(d) = r.digest {
+            if self.store.has_blob(&d) {
+                return Ok(d);
+            }
+        } else {
+            let pulled = imgbuild_registry::pulled_manifest(self.store, &r.tagged_name());
+            if let Some(d) = local
+                && pulled != Some(d)
+            {
+                return Ok(d);
+            }
+            let copy = self
+                .store
+                .resolve(&r.tagged_name())
+                .ok()
+                .flatten()
+                .map(|(d, _)| d)
+                .filter(|d| pulled == Some(*d) && self.store.has_blob(d));
+            if let (PullPolicy::Never | PullPolicy::Missing, Some(d)) = (opts.policy, copy) {
+                return Ok(d);
+            }
+        }
+        if opts.policy == PullPolicy::Never {
+            return Err(format!(
+                "{r} is not in the local image store, and --pull=never forbids pulling it"
+            ));
+        }
+        let registry = self
+            .registry
+            .get_or_init(|| {
+                Registry::new(registry_options(&opts.insecure)).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| e.clone())?;
+        let pulled = registry
+            .pull_image(self.store, &r)
+            .map_err(|e| format!("not in the local image store, and pulling {r} failed: {e}"))?;
+        if !opts.quiet && pulled.blobs_downloaded > 0 {
+            eprintln!(
+                "pulled {r}: {} blobs, {} bytes downloaded ({} already in the store)",
+                pulled.blobs_downloaded, pulled.bytes_downloaded, pulled.blobs_present
+            );
+        }
+        Ok(pulled.manifest_digest)
     }
 
     fn resolve_image(&self, reference: &str) -> Result<BaseImage, String> {
@@ -52,17 +176,7 @@ impl<'a> StoreInputs<'a> {
                 self.store,
             ))?
         } else {
-            match self.store.resolve(reference) {
-                Ok(Some((d, _))) => d,
-                Ok(None) => {
-                    return Err(
-                        "not in the local image store (pulling from registries is not \
-                         supported yet)"
-                            .into(),
-                    );
-                }
-                Err(e) => return Err(e.to_string()),
-            }
+            self.resolve_registry_image(reference)?
         };
         load_image(self.store, reference, &manifest)
     }
@@ -150,12 +264,21 @@ impl Inputs for StoreInputs<'_> {
         let mut cache = self.resolved.lock().unwrap();
         cache
             .entry(reference.to_owned())
-            .or_insert_with(|| self.resolve_image(reference))
+            .or_insert_with(|| self.lock.image(reference, |r| self.resolve_image(r)))
             .clone()
     }
 
     fn remote(&self, url: &str, checksum: Option<&str>) -> Result<RemoteFile, String> {
-        self.remote.fetch(url, checksum)
+        self.lock
+            .remote(url, checksum, |c| self.remote.fetch(url, c))
+    }
+
+    fn git(&self, source: &GitRef, keep_git_dir: bool) -> Result<GitTree, String> {
+        self.lock.git(
+            source,
+            || self.git.resolve(source),
+            |commit| self.git.tree(source, commit, keep_git_dir),
+        )
     }
 
     fn context(&self, q: &ContextQuery) -> Result<ContextSelection, String> {

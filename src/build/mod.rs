@@ -1,8 +1,11 @@
 //! The part of `build` and `plan` they share: read the Dockerfile, open the store, scan the
 //! context, and plan.
 
+pub mod cache_io;
+mod cache_registry;
 pub mod controls;
 pub mod inputs;
+pub mod lock;
 pub mod outputs;
 pub mod progress;
 
@@ -44,6 +47,8 @@ pub struct Prepared {
     pub plan: Plan,
     pub snapshot: ContextSnapshot,
     pub dockerfile: PathBuf,
+    /// What each image, URL and git ref the plan uses resolved to (for imgbuild.lock).
+    pub resolved: lock::Lockfile,
 }
 
 /// Opens the store, waiting (with a note) while a prune holds it.
@@ -106,13 +111,25 @@ pub fn prepare(c: &Common) -> anyhow::Result<Result<Prepared, ExitCode>> {
         ..BuildOptions::default()
     };
     opts.build_args = parse_build_args(&c.build_args);
-    let inputs = inputs::StoreInputs::new(&store, Some(&snapshot));
+    let mut inputs = inputs::StoreInputs::new(&store, Some(&snapshot));
+    inputs.lock = match lock::LockState::open(&dockerfile) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(Err(ExitCode::from(1)));
+        }
+    };
     let (plan, plan_diags) = imgbuild_planner::plan(&typed, &opts, &inputs);
     let (errors, _) = report::print(&plan_diags, &resolved.sources);
     let Some(plan) = plan.filter(|_| errors == 0) else {
         eprintln!("{}: the build cannot be planned", dockerfile.display());
         return Ok(Err(ExitCode::from(1)));
     };
+    let pins = inputs.lock.finish();
+    if let Err(e) = lock::check(&dockerfile, &pins) {
+        eprintln!("error: {e}");
+        return Ok(Err(ExitCode::from(1)));
+    }
     if !plan.unused_build_args.is_empty() {
         eprintln!(
             "warning: build-args not consumed by the build: {}",
@@ -125,6 +142,7 @@ pub fn prepare(c: &Common) -> anyhow::Result<Result<Prepared, ExitCode>> {
         plan,
         snapshot,
         dockerfile,
+        resolved: pins,
     }))
 }
 

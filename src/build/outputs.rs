@@ -130,6 +130,74 @@ pub fn write(
     }
 }
 
+/// Splits the registry pushes out of `-o` specs: `type=registry,name=REF[,push=true]` (also
+/// `type=image,name=…,push=true`; a comma-separated `name` pushes to each), and with `--push`
+/// each `-t` name. Returns the destinations and the other specs.
+pub fn registry_outputs(
+    specs: &[String],
+    tags: &[String],
+    push: bool,
+) -> Result<(Vec<imgbuild_registry::Reference>, Vec<String>), String> {
+    let mut dests = Vec::new();
+    let mut rest = Vec::new();
+    let add = |name: &str, dests: &mut Vec<imgbuild_registry::Reference>| {
+        let r = imgbuild_registry::Reference::parse(name).map_err(|e| e.to_string())?;
+        if !dests.contains(&r) {
+            dests.push(r);
+        }
+        Ok::<(), String>(())
+    };
+    for spec in specs {
+        let fields: Vec<(&str, &str)> = spec
+            .split(',')
+            .filter_map(|f| f.split_once('='))
+            .map(|(k, v)| (k.trim(), v))
+            .collect();
+        let kind = fields.iter().find(|(k, _)| *k == "type").map(|(_, v)| *v);
+        let wants_push = match kind {
+            Some("registry") => true,
+            Some("image") => fields.iter().any(|(k, v)| *k == "push" && *v == "true"),
+            _ => {
+                rest.push(spec.clone());
+                continue;
+            }
+        };
+        let names: Vec<&str> = fields
+            .iter()
+            .filter(|(k, _)| *k == "name")
+            .flat_map(|(_, v)| v.split(','))
+            .collect();
+        // `name=a,b` splits into a field `b` without `=`: take those as names too.
+        let extra: Vec<&str> = spec.split(',').filter(|f| !f.contains('=')).collect();
+        let names: Vec<&str> = names.into_iter().chain(extra).collect();
+        let names: Vec<&str> = if names.is_empty() {
+            tags.iter().map(String::as_str).collect()
+        } else {
+            names
+        };
+        if names.is_empty() {
+            return Err(format!(
+                "type={} needs name=REGISTRY/REPOSITORY[:TAG] (or -t)",
+                kind.unwrap_or_default()
+            ));
+        }
+        if wants_push {
+            for n in names {
+                add(n, &mut dests)?;
+            }
+        }
+    }
+    if push {
+        if tags.is_empty() {
+            return Err("--push needs -t REGISTRY/REPOSITORY[:TAG]".into());
+        }
+        for t in tags {
+            add(t, &mut dests)?;
+        }
+    }
+    Ok((dests, rest))
+}
+
 /// The tag part of `name:tag` for an OCI layout's ref name.
 fn tag_of(name: &str) -> String {
     match name.rsplit_once(':') {

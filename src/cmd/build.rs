@@ -53,11 +53,40 @@ pub struct Args {
     /// `ID=SOCKET`.
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
     pub ssh: Vec<String>,
+    /// When `FROM name[:tag]` asks its registry: always (resolve each tag, download only
+    /// missing blobs), missing (use a copy pulled before), never (no network).
+    #[arg(long, value_enum, default_value = "always")]
+    pub pull: build::inputs::PullPolicy,
+    /// Speak plain http to this registry (`HOST` or `HOST:PORT`); loopback always is.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+    /// Push the image to the registry of each `-t` name (like `-o type=registry`).
+    #[arg(long)]
+    pub push: bool,
+    /// Export the build cache after a successful build: `type=local,dest=DIR[,mode=min|max]`
+    /// (mode=max, the default: every step the build ran or hit; min: the final image's
+    /// steps), with the contents of the `RUN --mount=type=cache` mounts the steps use.
+    #[arg(long = "cache-to", value_name = "type=local,dest=DIR[,mode=min|max]")]
+    pub cache_to: Vec<String>,
+    /// Import build cache exported by --cache-to: `type=local,src=DIR`; may be repeated
+    /// (the first that has a step wins).
+    #[arg(long = "cache-from", value_name = "type=local,src=DIR")]
+    pub cache_from: Vec<String>,
+    /// Fail unless every source resolves as imgbuild.lock pins it (`imgbuild lock` writes it).
+    #[arg(long)]
+    pub locked: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let outputs: Vec<Output> = match args
-        .outputs
+    let (pushes, other_outputs) =
+        match build::outputs::registry_outputs(&args.outputs, &args.tags, args.push) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("error: --output: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+    let outputs: Vec<Output> = match other_outputs
         .iter()
         .map(|o| output::parse(o))
         .collect::<Result<_, _>>()
@@ -65,6 +94,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: --output: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut caches = match build::cache_io::CacheIo::parse(&args.cache_from, &args.cache_to) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
             return Ok(ExitCode::from(2));
         }
     };
@@ -96,6 +132,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
+    build::inputs::configure_pull(build::inputs::PullOptions {
+        policy: args.pull,
+        insecure: args.insecure_registry.clone(),
+        quiet: args.progress == progress::Mode::Quiet,
+    });
+    if args.locked {
+        build::lock::configure(build::lock::Mode::Check);
+    }
     let prep = match build::prepare(&args.common)? {
         Ok(p) => p,
         Err(code) => return Ok(code),
@@ -109,6 +153,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         progress::Mode::Auto => progress::Mode::Plain,
         m => m,
     };
+    caches.verbose = mode != progress::Mode::Quiet;
+    caches.import(&prep);
     let plain = progress::Plain { plan: &prep.plan };
     let live = progress::Live::new(&prep.plan);
     let quiet = imgbuild_executor::Quiet;
@@ -175,6 +221,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for o in &outputs {
         if let Err(e) = build::outputs::write(&prep.store, &built.manifest, o, &args.tags) {
             eprintln!("error: writing output {o:?}: {e:#}");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    if let Err(e) = caches.export(&prep) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(1));
+    }
+    for dest in &pushes {
+        let quiet = mode == progress::Mode::Quiet;
+        if let Err(e) = crate::cmd::push::push(
+            &prep.store,
+            &built.manifest,
+            dest,
+            &args.insecure_registry,
+            quiet,
+        ) {
+            eprintln!("error: pushing {dest}: {e}");
             return Ok(ExitCode::from(1));
         }
     }

@@ -2,9 +2,12 @@
 
 pub mod build;
 pub mod check;
+pub mod lock;
+pub mod login;
 pub mod output;
 pub mod parse;
 pub mod plan;
+pub mod push;
 pub mod store;
 
 use imgbuild_parser::include::{self, Resolved};

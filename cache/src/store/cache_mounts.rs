@@ -126,6 +126,42 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Instance 0 of the cache mount `id`, held with a shared lock (so no `sharing=locked`
+    /// user writes it meanwhile), or None when the store has none. Nothing is created: this
+    /// is for reading it (cache export).
+    pub fn existing_cache_mount(&self, id: &str) -> Result<Option<CacheMount>, StoreError> {
+        let dir = self.cache_mount_path(id);
+        let path = dir.join("0");
+        if !path.is_dir() || !dir.join("id").is_file() {
+            return Ok(None);
+        }
+        let lock = lock_instance(&dir, 0, false, Some(&|| {}))?.expect("blocking");
+        Ok(Some(CacheMount {
+            path,
+            created: false,
+            _lock: lock,
+        }))
+    }
+
+    /// Installs `tree` (filled by the caller: content, modes, owners) as instance 0 of the
+    /// cache mount `id` unless it has one already; returns whether it did (cache import).
+    pub fn install_cache_mount(&self, id: &str, tree: super::TempDir) -> Result<bool, StoreError> {
+        let dir = self.cache_mount_path(id);
+        if !dir.join("id").is_file() {
+            let tmp = self.temp_dir()?;
+            let id_file = tmp.path().join("id");
+            fs::write(&id_file, id).map_err(StoreError::io("write", id_file))?;
+            // Losing the race to another build is fine: its entry has the same id.
+            let _ = fs::remove_dir(&dir);
+            tmp.persist(&dir)?;
+        }
+        // As a locked user would: no RUN is creating instance 0 meanwhile.
+        let _lock = lock_instance(&dir, 0, true, Some(&|| {}))?;
+        Ok(tree.persist(&dir.join("0"))? == super::Persisted::Stored)
+    }
+}
+
 /// Locks `<dir>/<n>.lock`: shared or exclusive; with `waiting`, blocking (calling it first when
 /// the lock is busy), else non-blocking (None when busy).
 fn lock_instance(
