@@ -39,7 +39,7 @@ mod temp;
 pub use blobs::{BlobWriter, VerifiedReader};
 pub use cache_mounts::{CacheMount, CacheSharing};
 pub use error::StoreError;
-pub use images::{ImageMeta, normalize_name};
+pub use images::{ImageMeta, normalize_name, valid_component};
 pub use prune::{Count, PruneMode, PruneReport, Usage};
 pub use steps::Lookup;
 pub use temp::{Persisted, TempDir, TempFile, parse_pid, remove_stale_beside};

@@ -3,6 +3,7 @@
 //! with a `.` or `:` (or `localhost`) is a registry host.
 
 use imgbuild_cache::Digest;
+use imgbuild_cache::store::valid_component;
 use std::fmt;
 
 /// Docker Hub's name in references (its API lives at `registry-1.docker.io`).
@@ -228,36 +229,6 @@ fn valid_tag(t: &str) -> bool {
             .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-}
-
-/// `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
-fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if !b.first().is_some_and(|&x| alnum(x)) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        match b[i] {
-            b'.' => i += 1,
-            b'_' => i += if b.get(i + 1) == Some(&b'_') { 2 } else { 1 },
-            b'-' => {
-                while b.get(i) == Some(&b'-') {
-                    i += 1;
-                }
-            }
-            _ => return false,
-        }
-        if !b.get(i).is_some_and(|&x| alnum(x)) {
-            return false;
-        }
-    }
-    true
 }
 
 /// `host[:port]`: DNS labels, or a bracketed IPv6 address.

@@ -208,24 +208,14 @@ pub struct ExportReport {
     pub warnings: Vec<String>,
 }
 
-/// Copies a blob from the store to `dest` unless it has it.
+/// Copies a blob from the store to `dest` unless it has it. Verified as it is read: a
+/// damaged store blob fails the copy and is not exported.
 fn push_blob(
     store: &Store,
     dest: &dyn CacheTransport,
     blob: &BlobRef,
 ) -> Result<Stats, ExportError> {
-    let mut stats = Stats::default();
-    if dest.has_blob(&blob.digest).map_err(ExportError::at(dest))? == Some(blob.size) {
-        stats.blobs_present = 1;
-        return Ok(stats);
-    }
-    // Verified as it is read: a damaged store blob fails the copy and is not exported.
-    let mut reader = store.open_blob(&blob.digest)?;
-    dest.put_blob(&blob.digest, blob.size, &mut reader)
-        .map_err(ExportError::at(dest))?;
-    stats.blobs_written = 1;
-    stats.bytes_written = blob.size;
-    Ok(stats)
+    put_unless_present(dest, blob, || Ok(Box::new(store.open_blob(&blob.digest)?)))
 }
 
 /// Copies a blob from one cache to another unless the destination has it.
@@ -234,12 +224,25 @@ fn relay_blob(
     dest: &dyn CacheTransport,
     blob: &BlobRef,
 ) -> Result<Stats, ExportError> {
+    put_unless_present(dest, blob, || {
+        let reader: Box<dyn Read + '_> =
+            from.get_blob(&blob.digest).map_err(ExportError::at(from))?;
+        Ok(reader)
+    })
+}
+
+/// Writes `blob` to `dest` from what `open` reads, unless `dest` has it already.
+fn put_unless_present<'a>(
+    dest: &dyn CacheTransport,
+    blob: &BlobRef,
+    open: impl FnOnce() -> Result<Box<dyn Read + 'a>, ExportError>,
+) -> Result<Stats, ExportError> {
     let mut stats = Stats::default();
     if dest.has_blob(&blob.digest).map_err(ExportError::at(dest))? == Some(blob.size) {
         stats.blobs_present = 1;
         return Ok(stats);
     }
-    let mut reader = from.get_blob(&blob.digest).map_err(ExportError::at(from))?;
+    let mut reader = open()?;
     dest.put_blob(&blob.digest, blob.size, &mut reader)
         .map_err(ExportError::at(dest))?;
     stats.blobs_written = 1;

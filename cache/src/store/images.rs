@@ -114,7 +114,9 @@ pub fn normalize_name(name: &str) -> Result<String, StoreError> {
     Ok(format!("{repo}:{tag}"))
 }
 
-fn valid_component(c: &str) -> bool {
+/// One `/`-separated part of a repository name (the distribution spec's path component):
+/// `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
+pub fn valid_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     if !b.first().is_some_and(|&x| alnum(x)) {
