@@ -3,6 +3,7 @@
 mod build;
 mod cmd;
 mod report;
+mod unikernel;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -47,13 +48,15 @@ enum Command {
     Logout(cmd::login::LogoutArgs),
     /// Pin every base image, ADD URL and git ref of a build in imgbuild.lock.
     Lock(cmd::lock::Args),
+    /// Boot a unikernel (an ELF `imgbuild build` wrote, or one tagged with -t) under qemu.
+    Run(cmd::run::Args),
 }
 
 /// Exit statuses: 0 ok, 1 the work failed (bad Dockerfile, failed build), 2 usage error.
 /// The subcommand names: any other first argument means `build` (`imgbuild .`).
 const SUBCOMMANDS: &[&str] = &[
     "build", "plan", "images", "prune", "du", "parse", "check", "push", "login", "logout", "lock",
-    "help",
+    "run", "help",
 ];
 
 fn main() -> ExitCode {
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Login(a) => cmd::login::login(a),
         Command::Logout(a) => cmd::login::logout(a),
         Command::Lock(a) => cmd::lock::run(a),
+        Command::Run(a) => cmd::run::run(a),
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,7 @@ pub mod sandbox;
 mod schedule;
 pub mod trace;
 mod treediff;
+pub mod unikernel;
 pub mod userdb;
 pub mod userns;
 
@@ -255,6 +256,9 @@ pub struct Built {
     pub layers: Vec<LayerRecord>,
     pub cached: usize,
     pub executed: usize,
+    /// For a unikernel target: its ELF (a blob in the store). `manifest` and `config` are
+    /// then the ELF's digest too: there is no image.
+    pub elf: Option<LayerRecord>,
 }
 
 pub struct Executor<'a> {
@@ -266,6 +270,8 @@ pub struct Executor<'a> {
     pub progress: &'a dyn Progress,
     /// `--secret`s and `--ssh` agents for `RUN --mount=type=secret|ssh` (empty by default).
     pub session: Session,
+    /// The unikernel runtime's sources, for unikernel stages (the binary embeds them).
+    pub unikernel_runtime: unikernel::RuntimeFiles<'a>,
     /// Layer steps' results by step id.
     results: Mutex<HashMap<usize, LayerRecord>>,
     /// Base images' layers by manifest digest (read once).
@@ -293,6 +299,7 @@ impl<'a> Executor<'a> {
             options,
             progress,
             session: Session::default(),
+            unikernel_runtime: &[],
             results: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             extracting: Mutex::new(HashMap::new()),
@@ -442,6 +449,21 @@ impl<'a> Executor<'a> {
             _ => return Err(ExecError::Failed(failures)),
         }
         let target = self.plan.target_stage();
+        if target.unikernel {
+            let elf = self.results.lock().unwrap().get(&target.last).cloned();
+            let elf = elf.ok_or_else(|| {
+                ExecError::Other("internal error: the unikernel was not linked".into())
+            })?;
+            return Ok(Built {
+                manifest: elf.digest,
+                manifest_size: elf.size,
+                config: elf.digest,
+                layers: Vec::new(),
+                cached,
+                executed,
+                elf: Some(elf),
+            });
+        }
         let layers = self.chain_layers(target.last)?;
         let out = image::assemble(self.store, self.plan, target, &layers, self.options.epoch)?;
         Ok(Built {
@@ -451,6 +473,7 @@ impl<'a> Executor<'a> {
             layers,
             cached,
             executed,
+            elf: None,
         })
     }
 
@@ -602,11 +625,86 @@ impl<'a> Executor<'a> {
                 drop(scratch);
                 layer?
             }
+            Op::Unikernel(u) => self.link_unikernel(step, u, parent)?,
             Op::Scratch | Op::Image { .. } | Op::Stage(_) | Op::Meta => {
                 unreachable!("only layer steps are executed")
             }
         };
         Ok(entries)
+    }
+
+    /// Links a unikernel stage's app over the stage's files; its result is the ELF blob.
+    fn link_unikernel(
+        &self,
+        step: &Step,
+        op: &imgbuild_planner::UnikernelOp,
+        parent: usize,
+    ) -> Result<LayerRecord, ExecError> {
+        let context = self
+            .context
+            .ok_or_else(|| ExecError::step(step, "no build context"))?;
+        let prefix = if op.app.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", op.app)
+        };
+        // The app's directory as the context holds it (.dockerignore applied), without the
+        // build output of a local `cargo build`.
+        let mut app_files = Vec::new();
+        for e in context.entries() {
+            let Some(rel) = e.path.strip_prefix(&prefix) else {
+                continue;
+            };
+            if rel.is_empty() || rel == "target" || rel.starts_with("target/") {
+                continue;
+            }
+            use imgbuild_cache::context::EntryKind;
+            let kind = match e.kind {
+                EntryKind::Dir => unikernel::AppKind::Dir,
+                EntryKind::File => unikernel::AppKind::File(e.path.clone()),
+                EntryKind::Symlink => {
+                    unikernel::AppKind::Symlink(e.link_target.clone().unwrap_or_default())
+                }
+                _ => continue,
+            };
+            app_files.push(unikernel::AppFile {
+                rel: rel.to_owned(),
+                kind,
+                mode: e.mode,
+            });
+        }
+        let rootfs = self.rootfs(parent)?;
+        let stage = &self.plan.stages[step.stage];
+        let work_name = stage
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .filter(|n| {
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            })
+            .unwrap_or_else(|| format!("stage-{}", step.stage));
+        let input = unikernel::LinkInput {
+            store_root: self.store.root(),
+            work_name,
+            runtime: self.unikernel_runtime,
+            context_root: context.root(),
+            app_files,
+            rootfs: &rootfs,
+        };
+        let out = |line: &str| self.progress.output(step, line);
+        let elf = unikernel::link(op, &input, &out).map_err(|e| ExecError::step(step, e))?;
+        let mut blob = self.store.blob_writer()?;
+        let mut f = std::fs::File::open(&elf)
+            .map_err(|e| ExecError::step(step, format!("{}: {e}", elf.display())))?;
+        io::copy(&mut f, &mut blob)
+            .map_err(|e| ExecError::step(step, format!("storing the ELF: {e}")))?;
+        let (digest, size) = blob.finish()?;
+        Ok(LayerRecord {
+            diff_id: digest,
+            digest,
+            size,
+            media_type: unikernel::ELF_MEDIA_TYPE.to_owned(),
+        })
     }
 
     fn write_layer(&self, step: &Step, entries: Vec<Entry>) -> Result<LayerRecord, ExecError> {

@@ -46,6 +46,7 @@ pub fn chrome(plan: &Plan, timeline: &[Timing], cache: &HashMap<usize, &'static 
             Op::Copy(_) => "copy",
             Op::Mkdir { .. } => "workdir",
             Op::Run(_) => "run",
+            Op::Unikernel(_) => "unikernel",
             _ => "other",
         };
         let outcome = match t.outcome {

@@ -18,11 +18,13 @@ pub mod git;
 pub mod key;
 mod plan;
 pub mod render;
+pub mod unikernel;
 
 pub use config::{Healthcheck, History, ImageConfig};
 pub use git::GitRef;
 pub use key::{Key, KeyHasher};
 pub use plan::plan;
+pub use unikernel::{AppCrate, ModuleChoice, ModuleSpec, ModuleWhy, UnikernelOp, UnikernelRuntime};
 
 use imgbuild_parser::Span;
 use serde::Serialize;
@@ -142,6 +144,18 @@ pub trait Inputs {
             source.url
         ))
     }
+    /// The unikernel runtime this imgbuild links apps with: its module graph, the digest of
+    /// its sources and the Rust toolchain's version (asked once per plan).
+    fn unikernel_runtime(&self) -> Result<UnikernelRuntime, String> {
+        Err("this build has no unikernel runtime".into())
+    }
+    /// The app crate in the context directory `dir` (relative to the context root): its
+    /// manifest's bin name and declared modules, and the digest of its sources.
+    fn app(&self, dir: &str) -> Result<AppCrate, String> {
+        Err(format!(
+            "cannot read the app crate {dir:?}: no context in this build"
+        ))
+    }
 }
 
 /// Where a COPY takes its files from.
@@ -258,6 +272,9 @@ pub enum Op {
     Run(RunOp),
     /// A metadata instruction: changes only the image config.
     Meta,
+    /// The last step of a unikernel stage: links the APP with the runtime's modules and the
+    /// stage's files into one ELF (its result is that ELF, not a layer).
+    Unikernel(UnikernelOp),
 }
 
 /// One step of the build.

@@ -77,6 +77,10 @@ struct Planner<'a> {
     in_progress: BTreeSet<usize>,
     used_args: BTreeSet<String>,
     diags: Vec<Diagnostic>,
+    /// The unikernel stages planned so far: what a stage `FROM` them inherits.
+    uk_stages: BTreeMap<usize, UkState>,
+    /// The runtime, asked for once (by the first unikernel stage).
+    runtime: Option<Result<crate::UnikernelRuntime, String>>,
 }
 
 /// The state of one stage while its instructions are dispatched.
@@ -90,6 +94,19 @@ struct StageState {
     last: usize,
     /// Set by CMD in this stage (an ENTRYPOINT then keeps it).
     cmd_set: bool,
+    /// What a unikernel stage says about its app (None in a container stage).
+    uk: Option<UkState>,
+}
+
+/// APP, MODULE and what implies modules, gathered while a unikernel stage is dispatched.
+#[derive(Clone, Debug, Default)]
+struct UkState {
+    /// The APP path (expanded) and the APP instruction's span.
+    app: Option<(String, Span, Span)>,
+    /// MODULE names with their spans.
+    modules: Vec<(String, Span)>,
+    /// The first COPY or ADD (it implies the fs module).
+    copies: Option<(String, Span)>,
 }
 
 impl<'a> Planner<'a> {
@@ -106,6 +123,8 @@ impl<'a> Planner<'a> {
             in_progress: BTreeSet::new(),
             used_args: BTreeSet::new(),
             diags: Vec::new(),
+            uk_stages: BTreeMap::new(),
+            runtime: None,
         };
         let plat = &opts.platform;
         for (k, v) in [
@@ -290,14 +309,6 @@ impl<'a> Planner<'a> {
     }
 
     fn plan_stage_inner(&mut self, i: usize, stage: &'a Stage) -> Option<usize> {
-        if stage.unikernel {
-            self.error(
-                stage.span,
-                "building unikernel stages is not supported yet",
-                "build a container stage as the target with --target",
-            );
-            return None;
-        }
         let genv = self.global_env();
         let base_ref = self.expand(&stage.from.base, &genv);
         if let Some(p) = &stage.from.platform {
@@ -310,17 +321,30 @@ impl<'a> Planner<'a> {
                 );
             }
         }
-        let (op, parent, config, history, base_key_input) = if base_ref == "scratch" {
+        let mut uk = stage.unikernel.then(UkState::default);
+        // A unikernel stage starts empty, as scratch does: its COPY/ADD layers are the files
+        // baked into the image.
+        let (op, parent, config, history, base_key_input) = if base_ref == "scratch"
+            || (stage.unikernel && base_ref == instructions::UNIKERNEL_BASE)
+        {
             (
                 Op::Scratch,
                 None,
                 ImageConfig::default(),
                 Vec::new(),
-                "scratch".to_owned(),
+                base_ref.clone(),
             )
         } else if let Some((si, _)) = self.typed.stage(&base_ref).filter(|(si, _)| *si < i) {
-            let last = self.plan_stage(si)?;
+            let mut last = self.plan_stage(si)?;
             let base = self.stages[si].as_ref()?;
+            if base.unikernel {
+                // FROM another unikernel stage continues its files, APP and MODULEs (not its
+                // linked ELF: this stage links its own).
+                uk = self.uk_stages.get(&si).cloned();
+                if matches!(self.steps[last].op, Op::Unikernel(_)) {
+                    last = self.steps[last].parent?;
+                }
+            }
             (
                 Op::Stage(si),
                 Some(last),
@@ -382,6 +406,7 @@ impl<'a> Planner<'a> {
             args: BTreeMap::new(),
             last: first,
             cmd_set: false,
+            uk,
         };
         // The base's ONBUILD triggers run first, and are not inherited further.
         let triggers = std::mem::take(&mut st.config.onbuild);
@@ -390,6 +415,10 @@ impl<'a> Planner<'a> {
         }
         for ins in &stage.instructions {
             self.dispatch(&mut st, ins);
+        }
+        if let Some(uk) = st.uk.clone() {
+            self.uk_stages.insert(i, uk.clone());
+            self.link_unikernel(&mut st, stage, &uk);
         }
         self.stages[i] = Some(PlannedStage {
             index: i,
@@ -600,6 +629,12 @@ impl<'a> Planner<'a> {
                 }
                 self.meta(st, v.span, text);
             }
+            Instruction::Expose(e) if st.uk.is_some() => self.error(
+                e.span,
+                "EXPOSE in a unikernel stage needs the networking modules, which come in a later \
+                 version of imgbuild",
+                "remove EXPOSE: this version builds unikernels without a network",
+            ),
             Instruction::Expose(e) => {
                 let mut keys = Vec::new();
                 for port in &e.ports {
@@ -633,20 +668,214 @@ impl<'a> Planner<'a> {
                 st.config.onbuild.push(o.expression.clone());
                 self.meta(st, o.span, format!("ONBUILD {}", o.expression));
             }
-            Instruction::Copy(c) => self.copy(st, CopyIns::Copy(c), &env),
-            Instruction::Add(a) => self.copy(st, CopyIns::Add(a), &env),
+            Instruction::Copy(c) => {
+                if let Some(uk) = st.uk.as_mut() {
+                    uk.copies.get_or_insert(("COPY".into(), c.span));
+                }
+                self.copy(st, CopyIns::Copy(c), &env)
+            }
+            Instruction::Add(a) => {
+                if let Some(uk) = st.uk.as_mut() {
+                    uk.copies.get_or_insert(("ADD".into(), a.span));
+                }
+                self.copy(st, CopyIns::Add(a), &env)
+            }
             Instruction::Run(r) => self.run(st, r, &env),
-            Instruction::App(a) => self.error(
-                a.span,
-                "APP is only meaningful in a unikernel stage",
-                "start the stage with FROM unikernel",
-            ),
-            Instruction::Module(m) => self.error(
-                m.span,
-                "MODULE is only meaningful in a unikernel stage",
-                "start the stage with FROM unikernel",
-            ),
+            Instruction::App(a) => {
+                let path = self.expand(&a.path, &env);
+                match st.uk.as_mut() {
+                    Some(uk) => uk.app = Some((path, a.path.span, a.span)),
+                    None => self.error(
+                        a.span,
+                        "APP is only meaningful in a unikernel stage",
+                        "start the stage with FROM unikernel",
+                    ),
+                }
+            }
+            Instruction::Module(m) => {
+                let names: Vec<(String, Span)> = m
+                    .names
+                    .iter()
+                    .flat_map(|w| {
+                        self.expand_words(w, &env)
+                            .into_iter()
+                            .map(move |n| (n, w.span))
+                    })
+                    .collect();
+                match st.uk.as_mut() {
+                    Some(uk) => uk.modules.extend(names),
+                    None => self.error(
+                        m.span,
+                        "MODULE is only meaningful in a unikernel stage",
+                        "start the stage with FROM unikernel",
+                    ),
+                }
+            }
         }
+    }
+
+    /// The last step of a unikernel stage: the module set, and the link of the app with it
+    /// over the stage's files, ENV and CMD.
+    fn link_unikernel(&mut self, st: &mut StageState, stage: &Stage, uk: &UkState) {
+        let Some((app_path, path_span, app_span)) = uk.app.clone() else {
+            self.error(
+                stage.span,
+                "a unikernel stage needs an APP: the Rust crate to boot",
+                "add `APP <crate directory>` (relative to the build context) to the stage",
+            );
+            return;
+        };
+        let runtime = match self
+            .runtime
+            .get_or_insert_with(|| self.inputs.unikernel_runtime())
+            .clone()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.error(
+                    stage.from.base.span,
+                    format!("cannot build a unikernel: {e}"),
+                    "install an imgbuild built with its unikernel runtime",
+                );
+                return;
+            }
+        };
+        let dir = context_dir(&app_path);
+        let app = match self.inputs.app(&dir) {
+            Ok(a) => a,
+            Err(e) => {
+                self.error(
+                    path_span,
+                    format!("APP {app_path}: {e}"),
+                    "APP names a Rust crate directory in the build context: the one holding \
+                     the app's Cargo.toml",
+                );
+                return;
+            }
+        };
+        let known = crate::unikernel::known_modules(&runtime.modules);
+        let is_module = |n: &str| runtime.modules.iter().any(|m| m.name == n);
+        let mut roots: Vec<(String, crate::ModuleWhy)> = crate::unikernel::BASE_MODULES
+            .iter()
+            .map(|m| (m.to_string(), crate::ModuleWhy::Base))
+            .collect();
+        let mut bad = false;
+        for m in &app.modules {
+            if !is_module(m) {
+                self.error(
+                    path_span,
+                    format!(
+                        "the app {} declares the unknown module {m:?} in \
+                         [package.metadata.imgbuild] modules",
+                        app.package
+                    ),
+                    format!("the modules are: {known}"),
+                );
+                bad = true;
+            }
+            roots.push((m.clone(), crate::ModuleWhy::App));
+        }
+        // A module's feature on the app's runtime dependency declares that module; other
+        // features are passed on as they are.
+        let mut extra_features = Vec::new();
+        for f in &app.features {
+            match runtime.modules.iter().find(|m| m.feature == *f) {
+                Some(m) => roots.push((m.name.clone(), crate::ModuleWhy::App)),
+                None => extra_features.push(f.clone()),
+            }
+        }
+        extra_features.sort();
+        extra_features.dedup();
+        for (m, span) in &uk.modules {
+            if !is_module(m) {
+                self.error(
+                    *span,
+                    format!("unknown module {m:?}"),
+                    format!("the modules are: {known}"),
+                );
+                bad = true;
+            }
+            roots.push((m.clone(), crate::ModuleWhy::Instruction(*span)));
+        }
+        if let Some((instruction, span)) = &uk.copies {
+            roots.push((
+                "fs".into(),
+                crate::ModuleWhy::Implied {
+                    instruction: instruction.clone(),
+                    span: *span,
+                },
+            ));
+        }
+        if bad {
+            return;
+        }
+        let modules = match crate::unikernel::module_set(&runtime.modules, roots) {
+            Ok(m) => m,
+            Err(e) => {
+                self.error(
+                    stage.from.base.span,
+                    e,
+                    "the runtime embedded in this imgbuild is inconsistent; reinstall imgbuild",
+                );
+                return;
+            }
+        };
+        let op = crate::UnikernelOp {
+            app: dir,
+            package: app.package,
+            bin: app.bin,
+            modules,
+            extra_features,
+            cmd: st.config.cmd.clone().unwrap_or_default(),
+            env: st.config.env.clone(),
+            app_digest: app.digest,
+            runtime_digest: runtime.digest,
+            toolchain: runtime.toolchain,
+        };
+        let parent = st.last;
+        let features = op.features();
+        let key = KeyHasher::new("unikernel")
+            .key(&self.steps[parent].chain)
+            .str(&op.app)
+            .str(&op.bin)
+            .str(&op.app_digest)
+            .list(features.iter().map(String::as_str))
+            .list(op.env.iter().map(String::as_str))
+            .list(op.cmd.iter().map(String::as_str))
+            .str(&op.toolchain)
+            .str(&op.runtime_digest)
+            .finish();
+        let names = op.module_names().join(" ");
+        let inputs = vec![
+            ("parent".into(), self.steps[parent].chain.hex()),
+            ("app sources".into(), op.app_digest.clone()),
+            ("modules".into(), names.clone()),
+            ("env".into(), op.env.join(" ")),
+            ("cmd".into(), op.cmd.join(" ")),
+            (
+                "toolchain".into(),
+                op.toolchain.lines().next().unwrap_or_default().to_owned(),
+            ),
+            ("runtime".into(), op.runtime_digest.clone()),
+        ];
+        let created_by = format!(
+            "APP {} (link {} with modules: {names})",
+            if op.app.is_empty() { "." } else { &op.app },
+            op.bin
+        );
+        st.last = self.push_step(Step {
+            id: 0,
+            key,
+            chain: key,
+            op: Op::Unikernel(op),
+            parent: Some(parent),
+            deps: Vec::new(),
+            stage: st.index,
+            span: app_span,
+            created_by,
+            layer: true,
+            inputs,
+        });
     }
 
     fn copy(&mut self, st: &mut StageState, ins: CopyIns, env: &BTreeMap<String, String>) {
@@ -941,6 +1170,17 @@ impl<'a> Planner<'a> {
             None => self.typed.stage(name).map(|(i, _)| i),
         };
         if let Some(si) = stage {
+            if self.typed.stages.get(si).is_some_and(|s| s.unikernel) {
+                self.error(
+                    span,
+                    format!(
+                        "stage {name:?} is a unikernel: its result is a bootable ELF, not a \
+                         filesystem to copy or mount from"
+                    ),
+                    "copy from the stages or context files the unikernel stage copies from",
+                );
+                return None;
+            }
             if si >= current {
                 self.error(
                     span,
@@ -1355,6 +1595,22 @@ fn escape_wildcards(path: &str) -> String {
 }
 
 /// Go's `path.Clean` (relative paths stay relative; empty is `.`).
+/// A directory of the build context as APP names it, relative to the context root ("" for the
+/// root): as with COPY sources, `/x` is `x` and `..` cannot leave the context.
+fn context_dir(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
 fn clean_path(p: &str) -> String {
     if p.starts_with('/') {
         return clean_abs(p);

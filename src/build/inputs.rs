@@ -281,6 +281,17 @@ impl Inputs for StoreInputs<'_> {
         )
     }
 
+    fn unikernel_runtime(&self) -> Result<imgbuild_planner::UnikernelRuntime, String> {
+        crate::unikernel::runtime()
+    }
+
+    fn app(&self, dir: &str) -> Result<imgbuild_planner::AppCrate, String> {
+        let snap = self
+            .context
+            .ok_or("the build has no context directory to take the app from")?;
+        crate::unikernel::app(snap, dir)
+    }
+
     fn context(&self, q: &ContextQuery) -> Result<ContextSelection, String> {
         let snap = self
             .context

@@ -127,7 +127,30 @@ pub fn write(
             fs::rename(&part, dest)?;
             Ok(*manifest)
         }
+        Output::Unikernel { .. } => {
+            anyhow::bail!("type=unikernel needs a unikernel target stage (FROM unikernel)")
+        }
     }
+}
+
+/// Writes a unikernel's ELF (a blob, read verified) to `dest`: a temp file beside it, mode
+/// 0755, renamed into place.
+pub fn write_elf(store: &Store, elf: &Digest, dest: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let part = temp_beside(dest);
+    let result = (|| -> anyhow::Result<()> {
+        let mut blob = store.open_blob(elf)?;
+        let mut file = fs::File::create(&part)?;
+        std::io::copy(&mut blob, &mut file)?;
+        file.set_permissions(fs::Permissions::from_mode(0o755))?;
+        file.sync_all()?;
+        fs::rename(&part, dest)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&part);
+    }
+    result
 }
 
 /// Splits the registry pushes out of `-o` specs: `type=registry,name=REF[,push=true]` (also

@@ -148,6 +148,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(1));
     }
+    let unikernel = prep.plan.target_stage().unikernel;
+    let mut elf_outputs = Vec::new();
+    for o in &outputs {
+        match (o, unikernel) {
+            (Output::Unikernel { dest }, true) => elf_outputs.push(dest.clone()),
+            (Output::Unikernel { .. }, false) => {
+                eprintln!(
+                    "error: --output type=unikernel: the target stage is a container image; \
+                     build a `FROM unikernel` stage (--target) for a unikernel"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            (other, true) => {
+                eprintln!(
+                    "error: --output {other:?}: the target stage is a unikernel, which is an ELF \
+                     image, not an OCI image or a filesystem: use -o type=unikernel,dest=FILE"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            (_, false) => {}
+        }
+    }
+    if unikernel && !pushes.is_empty() {
+        eprintln!(
+            "error: a unikernel cannot be pushed to a registry (it is not an OCI image): use \
+             -o type=unikernel,dest=FILE"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    if unikernel && outputs.is_empty() {
+        // The default for a unikernel: ./<stage name>.elf.
+        let name = prep
+            .plan
+            .target_stage()
+            .name
+            .clone()
+            .unwrap_or_else(|| "unikernel".into());
+        elf_outputs.push(PathBuf::from(format!("{name}.elf")));
+    }
     let mode = match args.progress {
         progress::Mode::Auto if std::io::stderr().is_terminal() => progress::Mode::Tty,
         progress::Mode::Auto => progress::Mode::Plain,
@@ -177,6 +216,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         sink,
     );
     exec.session = session;
+    exec.unikernel_runtime = crate::unikernel::files();
     controls::executing(true);
     let result = exec.run();
     controls::executing(false);
@@ -206,6 +246,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     crate::cmd::plan::record_explain(&prep);
+    if let Some(elf) = &built.elf {
+        return finish_unikernel(
+            &prep,
+            &args,
+            elf,
+            &elf_outputs,
+            &caches,
+            mode,
+            epoch,
+            &built,
+        );
+    }
 
     let meta = ImageMeta {
         config: built.config,
@@ -266,6 +318,77 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // The last line on stdout is the manifest digest, for scripts.
     println!("{}", built.manifest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A unikernel target: tags (as unikernel records, for `imgbuild run NAME`), the ELF files, the
+/// iid and metadata files; the ELF's digest is the last line on stdout.
+#[allow(clippy::too_many_arguments)]
+fn finish_unikernel(
+    prep: &build::Prepared,
+    args: &Args,
+    elf: &imgbuild_executor::LayerRecord,
+    dests: &[PathBuf],
+    caches: &build::cache_io::CacheIo,
+    mode: progress::Mode,
+    epoch: u64,
+    built: &imgbuild_executor::Built,
+) -> anyhow::Result<ExitCode> {
+    let meta = ImageMeta {
+        config: elf.digest,
+        platform: crate::cmd::run::UNIKERNEL_PLATFORM.into(),
+        created: imgbuild_executor::rfc3339(epoch),
+    };
+    for t in &args.tags {
+        if let Err(e) = prep.store.tag(t, &elf.digest, meta.clone()) {
+            eprintln!("error: tag {t}: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    for dest in dests {
+        if let Err(e) = build::outputs::write_elf(&prep.store, &elf.digest, dest) {
+            eprintln!("error: writing {}: {e:#}", dest.display());
+            return Ok(ExitCode::from(1));
+        }
+    }
+    if let Some(p) = &args.iidfile {
+        write_file(p, elf.digest.to_string().as_bytes())?;
+    }
+    if let Some(p) = &args.metadata_file {
+        let v = serde_json::json!({
+            "unikernel.digest": elf.digest.to_string(),
+            "unikernel.size": elf.size,
+            "image.name": args.tags.join(","),
+            "imgbuild.steps.cached": built.cached,
+            "imgbuild.steps.executed": built.executed,
+        });
+        write_file(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    if let Err(e) = caches.export(prep) {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(1));
+    }
+    if mode != progress::Mode::Quiet {
+        let name = prep
+            .plan
+            .target_stage()
+            .name
+            .as_deref()
+            .unwrap_or("unikernel");
+        eprintln!(
+            "built unikernel {name} ({} steps run, {} cached): {} bytes",
+            built.executed, built.cached, elf.size
+        );
+        for d in dests {
+            eprintln!(
+                "wrote {}  (boot it: imgbuild run {})",
+                d.display(),
+                d.display()
+            );
+        }
+    }
+    // The last line on stdout is the ELF's sha256, for scripts.
+    println!("{}", elf.digest);
     Ok(ExitCode::SUCCESS)
 }
 

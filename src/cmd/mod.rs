@@ -8,6 +8,7 @@ pub mod output;
 pub mod parse;
 pub mod plan;
 pub mod push;
+pub mod run;
 pub mod store;
 
 use imgbuild_parser::include::{self, Resolved};

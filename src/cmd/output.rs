@@ -23,6 +23,8 @@ pub enum Output {
     Local { dest: PathBuf },
     /// The root filesystem as a tar file.
     Tar { dest: PathBuf },
+    /// A unikernel stage's bootable ELF.
+    Unikernel { dest: PathBuf },
 }
 
 /// Parses one `--output` value. A bare path means `type=local,dest=PATH`, like buildx.
@@ -67,7 +69,7 @@ pub fn parse(spec: &str) -> Result<Output, String> {
             other => return Err(format!("unknown output option {other:?}")),
         }
     }
-    let kind = kind.ok_or("the output needs a type=… (oci, docker, local or tar)")?;
+    let kind = kind.ok_or("the output needs a type=… (oci, docker, local, tar or unikernel)")?;
     let dest = dest.ok_or_else(|| format!("type={kind} needs a dest=…"))?;
     Ok(match kind.as_str() {
         "oci" => Output::Oci {
@@ -78,6 +80,7 @@ pub fn parse(spec: &str) -> Result<Output, String> {
         "docker" => Output::Docker { dest },
         "local" => Output::Local { dest },
         "tar" => Output::Tar { dest },
+        "unikernel" => Output::Unikernel { dest },
         "registry" | "image" => {
             return Err(format!(
                 "type={kind} is not supported yet: use -t NAME to keep the image in the local store"
@@ -85,7 +88,7 @@ pub fn parse(spec: &str) -> Result<Output, String> {
         }
         other => {
             return Err(format!(
-                "unknown output type {other:?}: use oci, docker, local or tar"
+                "unknown output type {other:?}: use oci, docker, local, tar or unikernel"
             ));
         }
     })
@@ -114,6 +117,12 @@ mod tests {
             }
         );
         assert_eq!(parse("out").unwrap(), Output::Local { dest: "out".into() });
+        assert_eq!(
+            parse("type=unikernel,dest=k.elf").unwrap(),
+            Output::Unikernel {
+                dest: "k.elf".into()
+            }
+        );
         assert!(parse("type=oci").unwrap_err().contains("dest"));
         assert!(
             parse("type=zip,dest=x")

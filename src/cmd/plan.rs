@@ -53,7 +53,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
     };
     match args.format {
-        Format::Text => print!("{}", render::text(&prep.plan, &cached)),
+        Format::Text => {
+            print!("{}", render::text(&prep.plan, &cached));
+            print!("{}", module_sets(&prep));
+        }
         Format::Json => println!("{}", render::json(&prep.plan, &cached)),
         Format::Dot => print!("{}", render::dot(&prep.plan, &cached)),
     }
@@ -61,6 +64,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         explain(&prep, &cached);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For each unikernel step: its module set, each module with why it is in.
+fn module_sets(prep: &Prepared) -> String {
+    let line_of = |span: imgbuild_parser::Span| prep.sources.line_col(span.file, span.start).0;
+    let mut out = String::new();
+    for s in &prep.plan.steps {
+        let imgbuild_planner::Op::Unikernel(u) = &s.op else {
+            continue;
+        };
+        out.push_str(&format!(
+            "\n#{} module set of {} (why each module is linked in):\n",
+            s.id, u.bin
+        ));
+        for m in &u.modules {
+            out.push_str(&format!("  {:<10} {}\n", m.name, m.why.describe(&line_of)));
+        }
+    }
+    out
 }
 
 /// One step as the last build saw it.

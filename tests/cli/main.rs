@@ -16,6 +16,7 @@ mod registry;
 mod robust;
 mod rootless;
 mod run;
+mod unikernel;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
