@@ -1,7 +1,8 @@
 //! Embeds the unikernel runtime's sources (`unikernel/`) into the binary, so an installed
 //! imgbuild links unikernels without a source checkout: `$OUT_DIR/unikernel_files.rs` is a
 //! table of (relative path, `include_bytes!`) for every file under `unikernel/`, sorted by path,
-//! leaving out build output (`target/`), `Cargo.lock` and hidden files.
+//! leaving out build output (`target/`) and hidden files. `Cargo.lock` is in: it pins the
+//! runtime's crates.io dependencies (smoltcp) for every app build.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ fn main() {
     let r = root.display();
     println!("cargo:rerun-if-changed={r}/Cargo.toml");
     println!("cargo:rerun-if-changed={r}/modules.toml");
+    println!("cargo:rerun-if-changed={r}/Cargo.lock");
     for (rel, _) in &files {
         println!("cargo:rerun-if-changed={r}/{rel}");
     }
@@ -54,7 +56,8 @@ fn walk(dir: &Path, rel: &str, files: &mut Vec<(String, PathBuf)>, dirs: &mut Ve
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "target" || name == "Cargo.lock" {
+        // A Cargo.lock below the root would be some nested crate's; only the runtime's counts.
+        if name.starts_with('.') || name == "target" || (name == "Cargo.lock" && !rel.is_empty()) {
             continue;
         }
         let path = e.path();

@@ -693,10 +693,16 @@ impl<'a> Executor<'a> {
         };
         let out = |line: &str| self.progress.output(step, line);
         let elf = unikernel::link(op, &input, &out).map_err(|e| ExecError::step(step, e))?;
-        let mut blob = self.store.blob_writer()?;
-        let mut f = std::fs::File::open(&elf)
+        let mut data = std::fs::read(&elf)
             .map_err(|e| ExecError::step(step, format!("{}: {e}", elf.display())))?;
-        io::copy(&mut f, &mut blob)
+        // The EXPOSEd ports travel inside the ELF (cargo's own output in the target dir is
+        // left as it is, so a relink-free rebuild does not add the section twice).
+        if !op.ports.is_empty() {
+            data = unikernel::add_ports_section(&data, &op.ports)
+                .map_err(|e| ExecError::step(step, e))?;
+        }
+        let mut blob = self.store.blob_writer()?;
+        io::Write::write_all(&mut blob, &data)
             .map_err(|e| ExecError::step(step, format!("storing the ELF: {e}")))?;
         let (digest, size) = blob.finish()?;
         Ok(LayerRecord {

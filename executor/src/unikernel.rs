@@ -124,10 +124,20 @@ pub fn link(
         "Cargo.toml".into(),
         Want::File(rewritten.into_bytes(), 0o644),
     );
-    // The app's own lock file pins its dependencies: the workspace uses it.
-    let lockfile = match app.remove("Cargo.lock") {
+    // The runtime's lock file pins smoltcp and its dependencies, so builds do not drift with
+    // the registry; an app's own lock file adds the pins of its other dependencies.
+    let app_lock = match app.remove("Cargo.lock") {
         Some(Want::File(d, _)) => Some(d),
         _ => None,
+    };
+    let runtime_lock = input
+        .runtime
+        .iter()
+        .find(|(p, _)| *p == "Cargo.lock")
+        .map(|(_, d)| d.to_vec());
+    let lockfile = match (runtime_lock, app_lock) {
+        (Some(r), Some(a)) => Some(merge_locks(&r, &a)?),
+        (r, a) => r.or(a),
     };
     sync_tree(&w.join("app"), &app)?;
 
@@ -492,7 +502,10 @@ fn rustflags(
         (target.to_path_buf(), "/imgbuild/target".to_owned()),
     ];
     if let Some(home) = cargo_home() {
-        remap.push((home, "/cargo".into()));
+        remap.push((home.clone(), "/cargo".into()));
+        // Registry crates (smoltcp) put their source paths into panic locations. rustc lets
+        // the last matching remap win, so this one comes after the CARGO_HOME one.
+        remap.push((home.join("registry/src"), "/cargo-registry".into()));
     }
     if let Some(home) = rustup_home() {
         remap.push((home, "/rustup".into()));
@@ -501,6 +514,197 @@ fn rustflags(
         flags.push(format!("--remap-path-prefix={}={to}", from.display()));
     }
     Ok(flags)
+}
+
+/// The runtime's Cargo.lock with the app's pins added: every `[[package]]` of the app's lock
+/// that the runtime's does not have (by name and version). cargo drops what is unused.
+fn merge_locks(runtime: &[u8], app: &[u8]) -> Result<Vec<u8>, String> {
+    let parse = |d: &[u8], what: &str| -> Result<toml_edit::DocumentMut, String> {
+        std::str::from_utf8(d)
+            .map_err(|_| format!("{what} is not UTF-8"))?
+            .parse()
+            .map_err(|e| format!("{what} does not parse: {e}"))
+    };
+    let mut doc = parse(runtime, "the runtime's Cargo.lock")?;
+    let app = parse(app, "the app's Cargo.lock")?;
+    let id = |t: &toml_edit::Table| {
+        (
+            t.get("name").and_then(|v| v.as_str()).map(str::to_owned),
+            t.get("version").and_then(|v| v.as_str()).map(str::to_owned),
+        )
+    };
+    let Some(extra) = app.get("package").and_then(|p| p.as_array_of_tables()) else {
+        return Ok(runtime.to_vec());
+    };
+    let packages = doc
+        .get_mut("package")
+        .and_then(|p| p.as_array_of_tables_mut())
+        .ok_or("the runtime's Cargo.lock has no [[package]]")?;
+    let have: std::collections::BTreeSet<_> = packages.iter().map(id).collect();
+    for t in extra.iter() {
+        if !have.contains(&id(t)) {
+            packages.push(t.clone());
+        }
+    }
+    Ok(doc.to_string().into_bytes())
+}
+
+/// The name of the ELF section that lists a unikernel's EXPOSEd ports. `imgbuild run` reads
+/// it from the file it boots, so the ports travel with the ELF (`imgbuild run FILE.elf` needs
+/// no store). Contents: u32 LE count, then per port u16 LE port and u16 LE IP protocol
+/// number (6 TCP, 17 UDP). A section that is not loaded: the guest never sees it.
+pub const PORTS_SECTION: &str = ".imgbuild.ports";
+
+const SHT_PROGBITS: u32 = 1;
+
+/// The fields of an ELF64 little-endian file that adding a section touches.
+struct ElfShape {
+    shoff: usize,
+    shnum: usize,
+    shstrndx: usize,
+}
+
+fn rd<const N: usize>(d: &[u8], at: usize) -> Result<[u8; N], String> {
+    d.get(at..at + N)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| "the ELF is truncated".to_owned())
+}
+
+fn elf_shape(elf: &[u8]) -> Result<ElfShape, String> {
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    let u16_at = |at| rd::<2>(elf, at).map(u16::from_le_bytes);
+    if u16_at(58)? != 64 {
+        return Err("unexpected ELF section header size".into());
+    }
+    let shape = ElfShape {
+        shoff: u64::from_le_bytes(rd::<8>(elf, 40)?) as usize,
+        shnum: u16_at(60)? as usize,
+        shstrndx: u16_at(62)? as usize,
+    };
+    // Extended section numbering (more than 0xff00 sections) never comes out of our link.
+    if shape.shnum == 0 || shape.shstrndx >= shape.shnum {
+        return Err("the ELF has no usable section header table".into());
+    }
+    if shape
+        .shoff
+        .checked_add(shape.shnum * 64)
+        .is_none_or(|e| e > elf.len())
+    {
+        return Err("the ELF's section header table is truncated".into());
+    }
+    Ok(shape)
+}
+
+/// (name offset, type, offset, size) of section `i`.
+fn section(elf: &[u8], s: &ElfShape, i: usize) -> Result<(usize, u32, usize, usize), String> {
+    let h = s.shoff + i * 64;
+    Ok((
+        u32::from_le_bytes(rd::<4>(elf, h)?) as usize,
+        u32::from_le_bytes(rd::<4>(elf, h + 4)?),
+        u64::from_le_bytes(rd::<8>(elf, h + 24)?) as usize,
+        u64::from_le_bytes(rd::<8>(elf, h + 32)?) as usize,
+    ))
+}
+
+fn section_bytes<'e>(elf: &'e [u8], s: &ElfShape, name: &str) -> Result<Option<&'e [u8]>, String> {
+    let (_, _, stroff, strsize) = section(elf, s, s.shstrndx)?;
+    let strtab = elf
+        .get(stroff..stroff.saturating_add(strsize))
+        .ok_or("the ELF's section name table is truncated")?;
+    for i in 0..s.shnum {
+        let (n, _, off, size) = section(elf, s, i)?;
+        let Some(rest) = strtab.get(n..) else {
+            continue;
+        };
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        if &rest[..end] == name.as_bytes() {
+            return elf
+                .get(off..off.saturating_add(size))
+                .map(Some)
+                .ok_or_else(|| format!("the ELF's {name} section is truncated"));
+        }
+    }
+    Ok(None)
+}
+
+/// The ELF with a `.imgbuild.ports` section listing `ports` appended: the new section's data,
+/// a new section name table and a new section header table go at the end of the file (the
+/// old ones stay as unreferenced bytes); what is loaded is not touched.
+pub fn add_ports_section(
+    elf: &[u8],
+    ports: &[imgbuild_planner::ExposedPort],
+) -> Result<Vec<u8>, String> {
+    let s = elf_shape(elf)?;
+    if section_bytes(elf, &s, PORTS_SECTION)?.is_some() {
+        return Err(format!(
+            "the app's ELF already has a {PORTS_SECTION} section"
+        ));
+    }
+    let (_, _, stroff, strsize) = section(elf, &s, s.shstrndx)?;
+    let mut out = elf.to_vec();
+    let pad = |out: &mut Vec<u8>, to: usize| out.resize(out.len().div_ceil(to) * to, 0);
+    // The section name table, with the new name.
+    let name_at = strsize;
+    let new_strtab_at = out.len();
+    out.extend_from_slice(&elf[stroff..stroff + strsize]);
+    out.extend_from_slice(PORTS_SECTION.as_bytes());
+    out.push(0);
+    let new_strsize = out.len() - new_strtab_at;
+    // The port list.
+    pad(&mut out, 4);
+    let data_at = out.len();
+    out.extend_from_slice(&(ports.len() as u32).to_le_bytes());
+    for p in ports {
+        out.extend_from_slice(&p.port.to_le_bytes());
+        out.extend_from_slice(&(if p.udp { 17u16 } else { 6 }).to_le_bytes());
+    }
+    let data_size = out.len() - data_at;
+    // The section headers: the old ones (the name table's moved), then the new one.
+    pad(&mut out, 8);
+    let shoff = out.len();
+    out.extend_from_slice(&elf[s.shoff..s.shoff + s.shnum * 64]);
+    let str_h = shoff + s.shstrndx * 64;
+    out[str_h + 24..str_h + 32].copy_from_slice(&(new_strtab_at as u64).to_le_bytes());
+    out[str_h + 32..str_h + 40].copy_from_slice(&(new_strsize as u64).to_le_bytes());
+    let mut h = [0u8; 64];
+    h[0..4].copy_from_slice(&(name_at as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&SHT_PROGBITS.to_le_bytes());
+    // flags 0 (not allocated), address 0.
+    h[24..32].copy_from_slice(&(data_at as u64).to_le_bytes());
+    h[32..40].copy_from_slice(&(data_size as u64).to_le_bytes());
+    h[48..56].copy_from_slice(&4u64.to_le_bytes());
+    out.extend_from_slice(&h);
+    let shnum = u16::try_from(s.shnum + 1).map_err(|_| "the ELF has too many sections")?;
+    out[40..48].copy_from_slice(&(shoff as u64).to_le_bytes());
+    out[60..62].copy_from_slice(&shnum.to_le_bytes());
+    Ok(out)
+}
+
+/// The ports a unikernel ELF lists in its `.imgbuild.ports` section (none without one).
+pub fn read_ports(elf: &[u8]) -> Result<Vec<imgbuild_planner::ExposedPort>, String> {
+    let s = elf_shape(elf)?;
+    let Some(d) = section_bytes(elf, &s, PORTS_SECTION)? else {
+        return Ok(Vec::new());
+    };
+    let bad = || format!("the ELF's {PORTS_SECTION} section is malformed");
+    let count = u32::from_le_bytes(rd::<4>(d, 0).map_err(|_| bad())?) as usize;
+    if d.len() != 4 + count.saturating_mul(4) {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = 4 + i * 4;
+        let port = u16::from_le_bytes([d[at], d[at + 1]]);
+        let udp = match u16::from_le_bytes([d[at + 2], d[at + 3]]) {
+            6 => false,
+            17 => true,
+            _ => return Err(bad()),
+        };
+        out.push(imgbuild_planner::ExposedPort { port, udp });
+    }
+    Ok(out)
 }
 
 fn home() -> Option<PathBuf> {
@@ -574,6 +778,68 @@ mod tests {
         assert_eq!(fs_image(&RootFs::default()).unwrap(), b"IMGBFS1\0\0\0\0\0");
     }
 
+    /// A minimal ELF64: header, one loaded byte, a section-name table, two section headers.
+    fn tiny_elf() -> Vec<u8> {
+        let mut e = vec![0u8; 64];
+        e[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+        e[58..60].copy_from_slice(&64u16.to_le_bytes());
+        e.push(0x90);
+        let strtab_at = e.len();
+        e.extend_from_slice(b"\0.shstrtab\0");
+        let strtab_len = e.len() - strtab_at;
+        let shoff = e.len();
+        e.extend_from_slice(&[0u8; 64]);
+        let mut h = [0u8; 64];
+        h[0..4].copy_from_slice(&1u32.to_le_bytes());
+        h[4..8].copy_from_slice(&3u32.to_le_bytes());
+        h[24..32].copy_from_slice(&(strtab_at as u64).to_le_bytes());
+        h[32..40].copy_from_slice(&(strtab_len as u64).to_le_bytes());
+        e.extend_from_slice(&h);
+        e[40..48].copy_from_slice(&(shoff as u64).to_le_bytes());
+        e[60..62].copy_from_slice(&2u16.to_le_bytes());
+        e[62..64].copy_from_slice(&1u16.to_le_bytes());
+        e
+    }
+
+    #[test]
+    fn ports_section_round_trip() {
+        use imgbuild_planner::ExposedPort;
+        let elf = tiny_elf();
+        assert_eq!(read_ports(&elf).unwrap(), []);
+        let ports = [
+            ExposedPort {
+                port: 53,
+                udp: true,
+            },
+            ExposedPort {
+                port: 12345,
+                udp: false,
+            },
+        ];
+        let with = add_ports_section(&elf, &ports).unwrap();
+        // What was there stays byte for byte (only the header's shoff/shnum change).
+        assert_eq!(with[64..elf.len()], elf[64..]);
+        assert_eq!(read_ports(&with).unwrap(), ports);
+        let s = elf_shape(&with).unwrap();
+        assert_eq!(s.shnum, 3);
+        assert_eq!(
+            section_bytes(&with, &s, ".shstrtab").unwrap().unwrap(),
+            b"\0.shstrtab\0.imgbuild.ports\0"
+        );
+        assert!(add_ports_section(&with, &ports).is_err());
+        assert!(read_ports(b"not an elf").is_err());
+        assert!(read_ports(&elf[..70]).is_err());
+    }
+
+    #[test]
+    fn runtime_lock_gets_the_apps_pins() {
+        let rt = b"version = 4\n\n[[package]]\nname = \"smoltcp\"\nversion = \"0.12.0\"\n";
+        let app = b"version = 4\n\n[[package]]\nname = \"smoltcp\"\nversion = \"0.12.0\"\n\n[[package]]\nname = \"itoa\"\nversion = \"1.0.0\"\n";
+        let merged = String::from_utf8(merge_locks(rt, app).unwrap()).unwrap();
+        assert_eq!(merged.matches("name = \"smoltcp\"").count(), 1, "{merged}");
+        assert!(merged.contains("name = \"itoa\""), "{merged}");
+    }
+
     #[test]
     fn config_layout() {
         let op = UnikernelOp {
@@ -583,6 +849,7 @@ mod tests {
             modules: Vec::new(),
             extra_features: Vec::new(),
             cmd: vec!["world".into()],
+            ports: Vec::new(),
             env: vec!["A=1".into()],
             app_digest: String::new(),
             runtime_digest: String::new(),

@@ -24,7 +24,9 @@ pub use config::{Healthcheck, History, ImageConfig};
 pub use git::GitRef;
 pub use key::{Key, KeyHasher};
 pub use plan::plan;
-pub use unikernel::{AppCrate, ModuleChoice, ModuleSpec, ModuleWhy, UnikernelOp, UnikernelRuntime};
+pub use unikernel::{
+    AppCrate, ExposedPort, ModuleChoice, ModuleSpec, ModuleWhy, UnikernelOp, UnikernelRuntime,
+};
 
 use imgbuild_parser::Span;
 use serde::Serialize;

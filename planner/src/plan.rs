@@ -107,6 +107,9 @@ struct UkState {
     modules: Vec<(String, Span)>,
     /// The first COPY or ADD (it implies the fs module).
     copies: Option<(String, Span)>,
+    /// EXPOSEd ports, each with its instruction's text and span (they imply net and tcp or
+    /// udp).
+    ports: Vec<(crate::ExposedPort, String, Span)>,
 }
 
 impl<'a> Planner<'a> {
@@ -629,23 +632,48 @@ impl<'a> Planner<'a> {
                 }
                 self.meta(st, v.span, text);
             }
-            Instruction::Expose(e) if st.uk.is_some() => self.error(
-                e.span,
-                "EXPOSE in a unikernel stage needs the networking modules, which come in a later \
-                 version of imgbuild",
-                "remove EXPOSE: this version builds unikernels without a network",
-            ),
             Instruction::Expose(e) => {
                 let mut keys = Vec::new();
+                let mut uk_ports = Vec::new();
                 for port in &e.ports {
                     for w in self.expand_words(&port.raw, &env) {
                         match instructions::parse_port(&w) {
-                            Ok(spec) => keys.extend(spec.keys()),
+                            Ok(spec) => {
+                                keys.extend(spec.keys());
+                                if st.uk.is_some() {
+                                    uk_ports.push((spec, w, port.raw.span));
+                                }
+                            }
                             Err(msg) => self.error(
                                 port.raw.span,
                                 format!("invalid port {w:?}: {msg}"),
                                 "write a port as 80, 80/udp or a range 8000-8010/tcp",
                             ),
+                        }
+                    }
+                }
+                // In a unikernel stage EXPOSE also brings in the network modules, and the
+                // ports are recorded with the unikernel for `imgbuild run` to forward.
+                for (spec, written, span) in uk_ports {
+                    let udp = match spec.protocol {
+                        instructions::Protocol::Tcp => false,
+                        instructions::Protocol::Udp => true,
+                        instructions::Protocol::Sctp => {
+                            self.error(
+                                span,
+                                format!("EXPOSE {written}: the unikernel runtime has no SCTP"),
+                                "expose TCP or UDP ports (80, 80/tcp, 53/udp)",
+                            );
+                            continue;
+                        }
+                    };
+                    if let Some(uk) = st.uk.as_mut() {
+                        for port in spec.start..=spec.end {
+                            uk.ports.push((
+                                crate::ExposedPort { port, udp },
+                                format!("EXPOSE {written}"),
+                                e.span,
+                            ));
                         }
                     }
                 }
@@ -806,6 +834,37 @@ impl<'a> Planner<'a> {
                 },
             ));
         }
+        for (port, text, span) in &uk.ports {
+            for m in ["net", port.protocol()] {
+                roots.push((
+                    m.into(),
+                    crate::ModuleWhy::Implied {
+                        instruction: text.clone(),
+                        span: *span,
+                    },
+                ));
+            }
+        }
+        // A runtime without the network modules (an older imgbuild's) cannot serve a port.
+        if let Some((port, _, span)) = uk
+            .ports
+            .iter()
+            .find(|(p, _, _)| !is_module("net") || !is_module(p.protocol()))
+        {
+            self.error(
+                *span,
+                format!(
+                    "EXPOSE {port} in a unikernel stage needs the modules net and {}, which this \
+                     imgbuild's runtime lacks",
+                    port.protocol()
+                ),
+                format!("remove EXPOSE; the modules are: {known}"),
+            );
+            return;
+        }
+        let mut ports: Vec<crate::ExposedPort> = uk.ports.iter().map(|p| p.0).collect();
+        ports.sort();
+        ports.dedup();
         if bad {
             return;
         }
@@ -827,6 +886,7 @@ impl<'a> Planner<'a> {
             modules,
             extra_features,
             cmd: st.config.cmd.clone().unwrap_or_default(),
+            ports,
             env: st.config.env.clone(),
             app_digest: app.digest,
             runtime_digest: runtime.digest,
@@ -834,6 +894,7 @@ impl<'a> Planner<'a> {
         };
         let parent = st.last;
         let features = op.features();
+        let port_names: Vec<String> = op.ports.iter().map(|p| p.to_string()).collect();
         let key = KeyHasher::new("unikernel")
             .key(&self.steps[parent].chain)
             .str(&op.app)
@@ -842,6 +903,7 @@ impl<'a> Planner<'a> {
             .list(features.iter().map(String::as_str))
             .list(op.env.iter().map(String::as_str))
             .list(op.cmd.iter().map(String::as_str))
+            .list(port_names.iter().map(String::as_str))
             .str(&op.toolchain)
             .str(&op.runtime_digest)
             .finish();
@@ -852,6 +914,7 @@ impl<'a> Planner<'a> {
             ("modules".into(), names.clone()),
             ("env".into(), op.env.join(" ")),
             ("cmd".into(), op.cmd.join(" ")),
+            ("ports".into(), port_names.join(" ")),
             (
                 "toolchain".into(),
                 op.toolchain.lines().next().unwrap_or_default().to_owned(),

@@ -56,7 +56,7 @@ pub enum ModuleWhy {
     App,
     /// A MODULE instruction names it (the name's span).
     Instruction(Span),
-    /// An instruction of the stage needs it (fs for COPY/ADD).
+    /// An instruction of the stage needs it (fs for COPY/ADD; net and tcp or udp for EXPOSE).
     Implied { instruction: String, span: Span },
     /// A module of the set depends on it.
     Dependency(String),
@@ -85,6 +85,26 @@ pub struct ModuleChoice {
     pub why: ModuleWhy,
 }
 
+/// A port a unikernel stage EXPOSEs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ExposedPort {
+    pub port: u16,
+    /// `tcp` or `udp` (the runtime has no other transport).
+    pub udp: bool,
+}
+
+impl ExposedPort {
+    pub fn protocol(&self) -> &'static str {
+        if self.udp { "udp" } else { "tcp" }
+    }
+}
+
+impl std::fmt::Display for ExposedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol())
+    }
+}
+
 /// Links a unikernel: the app crate with the runtime's module set and the stage's files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UnikernelOp {
@@ -98,6 +118,9 @@ pub struct UnikernelOp {
     pub extra_features: Vec<String>,
     /// The CMD: the app's arguments.
     pub cmd: Vec<String>,
+    /// The stage's EXPOSEd ports, sorted and without duplicates: `imgbuild run` forwards
+    /// them (the executor writes them into the ELF's `.imgbuild.ports` section).
+    pub ports: Vec<ExposedPort>,
     /// `KEY=VALUE`: the stage's ENV.
     pub env: Vec<String>,
     pub app_digest: String,

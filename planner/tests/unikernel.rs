@@ -4,8 +4,8 @@
 use imgbuild_parser::instructions::typed;
 use imgbuild_parser::parse;
 use imgbuild_planner::{
-    AppCrate, BaseImage, BuildOptions, ContextQuery, ContextSelection, Inputs, ModuleSpec,
-    ModuleWhy, Op, Plan, UnikernelOp, UnikernelRuntime, plan,
+    AppCrate, BaseImage, BuildOptions, ContextQuery, ContextSelection, ExposedPort, Inputs,
+    ModuleSpec, ModuleWhy, Op, Plan, UnikernelOp, UnikernelRuntime, plan,
 };
 
 #[derive(Clone)]
@@ -32,6 +32,9 @@ fn graph() -> Vec<ModuleSpec> {
         m("args", &["alloc"]),
         m("fs", &["alloc"]),
         m("rng", &["boot"]),
+        m("net", &["alloc", "rng"]),
+        m("tcp", &["net"]),
+        m("udp", &["net"]),
     ]
 }
 
@@ -179,15 +182,14 @@ fn link_key_covers_every_input() {
 
 #[test]
 fn bad_unikernel_stages() {
-    let e = try_plan("FROM unikernel AS k\nAPP app\nMODULE net\n", &inputs()).unwrap_err();
-    assert!(e.contains("unknown module \"net\""), "{e}");
+    let e = try_plan("FROM unikernel AS k\nAPP app\nMODULE network\n", &inputs()).unwrap_err();
+    assert!(e.contains("unknown module \"network\""), "{e}");
     assert!(
-        e.contains("boot, console, exit, panic, alloc, args, fs, rng"),
+        e.contains("boot, console, exit, panic, alloc, args, fs, rng, net, tcp, udp"),
         "{e}"
     );
-    let e = try_plan("FROM unikernel AS k\nAPP app\nEXPOSE 80\n", &inputs()).unwrap_err();
-    assert!(e.contains("EXPOSE in a unikernel stage"), "{e}");
-    assert!(e.contains("later"), "{e}");
+    let e = try_plan("FROM unikernel AS k\nAPP app\nEXPOSE 132/sctp\n", &inputs()).unwrap_err();
+    assert!(e.contains("no SCTP"), "{e}");
     let e = try_plan("FROM unikernel AS k\nAPP src\n", &inputs()).unwrap_err();
     assert!(e.contains("APP src: not a crate directory"), "{e}");
     let e = try_plan("FROM unikernel AS k\nCMD [\"x\"]\n", &inputs()).unwrap_err();
@@ -222,4 +224,49 @@ fn a_stage_from_a_unikernel_stage_inherits_it() {
             .iter()
             .all(|&s| !matches!(p.steps[s].op, Op::Unikernel(_)))
     );
+}
+
+#[test]
+fn expose_implies_the_network_modules_and_records_the_ports() {
+    let df = "FROM unikernel AS k\nAPP bare\nEXPOSE 12345\nEXPOSE 53/udp 12345/tcp\n";
+    let p = try_plan(df, &inputs()).unwrap();
+    let (step, u) = link(&p);
+    assert_eq!(
+        u.module_names(),
+        ["boot", "console", "alloc", "rng", "net", "tcp", "udp"]
+    );
+    let why = |n: &str| u.modules.iter().find(|m| m.name == n).unwrap().why.clone();
+    assert!(
+        matches!(why("net"), ModuleWhy::Implied { ref instruction, .. } if instruction == "EXPOSE 12345")
+    );
+    assert!(
+        matches!(why("tcp"), ModuleWhy::Implied { ref instruction, .. } if instruction == "EXPOSE 12345")
+    );
+    assert!(
+        matches!(why("udp"), ModuleWhy::Implied { ref instruction, .. } if instruction == "EXPOSE 53/udp")
+    );
+    assert_eq!(
+        u.ports,
+        [
+            ExposedPort {
+                port: 53,
+                udp: true
+            },
+            ExposedPort {
+                port: 12345,
+                udp: false
+            },
+        ]
+    );
+    // The image config keeps its exposed ports too, and the ports are part of the key.
+    assert!(p.target_stage().config.exposed_ports.contains("53/udp"));
+    let other = try_plan(&df.replace("53/udp", "54/udp"), &inputs()).unwrap();
+    assert_ne!(link(&other).0.key, step.key);
+    // Without EXPOSE there is no network at all.
+    let p = try_plan("FROM unikernel AS k\nAPP bare\n", &inputs()).unwrap();
+    assert!(link(&p).1.ports.is_empty());
+    assert!(!link(&p).1.module_names().contains(&"net"));
+    // A stage FROM it inherits its ports.
+    let p = try_plan(&format!("{df}FROM k AS k2\n"), &inputs()).unwrap();
+    assert_eq!(link(&p).1.ports.len(), 2);
 }

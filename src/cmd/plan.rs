@@ -81,6 +81,13 @@ fn module_sets(prep: &Prepared) -> String {
         for m in &u.modules {
             out.push_str(&format!("  {:<10} {}\n", m.name, m.why.describe(&line_of)));
         }
+        if !u.ports.is_empty() {
+            let ports: Vec<String> = u.ports.iter().map(|p| p.to_string()).collect();
+            out.push_str(&format!(
+                "  exposed ports (imgbuild run forwards them): {}\n",
+                ports.join(" ")
+            ));
+        }
     }
     out
 }
