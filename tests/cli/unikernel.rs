@@ -51,20 +51,7 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// Builds examples/unikernel/hello into `out` (the README's command, with -o and --root).
 fn build_hello(root: &Path, out: &Path) -> String {
-    let example = repo().join("examples/unikernel/hello");
-    build_ok(
-        &repo(),
-        &[
-            "build",
-            "--progress",
-            "plain",
-            "--root",
-            root.to_str().unwrap(),
-            "-o",
-            &format!("type=unikernel,dest={}", out.display()),
-            example.to_str().unwrap(),
-        ],
-    )
+    build_example(root, &repo().join("examples/unikernel/hello"), out)
 }
 
 fn hello_elf() -> PathBuf {
