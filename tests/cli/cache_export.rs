@@ -122,46 +122,12 @@ fn a_fresh_machine_hits_every_step_and_cache_mounts_start_warm() {
     );
     assert_eq!(blobs(&dir), referenced(&dir));
 
-    // A fresh machine: every step is a hit, the image is the same.
-    let fresh = tempfile::tempdir().unwrap();
-    let second = build_ok(ctx.path(), fresh.path(), &["--cache-from", &from(&dir)]);
-    let log = stderr(&second);
-    assert!(log.contains("(0 steps run, 6 cached)"), "{log}");
+    let log = fresh_machine_hits_every_step(ctx.path(), &from(&dir), 6, &digest(&first));
     assert_eq!(log.matches(" CACHED").count(), 6, "{log}");
-    assert_eq!(digest(&second), digest(&first));
-    store_is_clean(fresh.path());
 
     // Another fresh machine with the RUN changed: it runs, and finds the first build's file
     // (and symlink) in its cache mount.
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        std::fs::read_to_string(ctx.path().join("Dockerfile"))
-            .unwrap()
-            .replace("echo first", "echo second"),
-    )
-    .unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let fs = out.path().join("fs");
-    let third_root = tempfile::tempdir().unwrap();
-    let third = build_ok(
-        ctx.path(),
-        third_root.path(),
-        &[
-            "--cache-from",
-            &from(&dir),
-            "-o",
-            &format!("type=local,dest={}", fs.display()),
-        ],
-    );
-    assert!(
-        stderr(&third).contains("(1 steps run, 5 cached)"),
-        "{}",
-        stderr(&third)
-    );
-    assert_eq!(
-        std::fs::read_to_string(fs.join("saw.txt")).unwrap(),
-        "first\n"
-    );
+    let third_root = changed_run_starts_warm(ctx.path(), &from(&dir), 5);
     let mount = std::fs::read_dir(third_root.path().join("cache-mounts"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -390,42 +356,54 @@ fn a_registry_cache_carries_steps_and_cache_mounts() {
         stderr(&again)
     );
 
-    // A fresh machine: every step is a hit, the image is the same.
-    let fresh = tempfile::tempdir().unwrap();
-    let second = build_ok(ctx.path(), fresh.path(), &["--cache-from", &from]);
-    let log = stderr(&second);
-    assert!(log.contains("(0 steps run, 4 cached)"), "{log}");
-    assert_eq!(digest(&second), digest(&first));
-    store_is_clean(fresh.path());
-
+    fresh_machine_hits_every_step(ctx.path(), &from, 4, &digest(&first));
     // The RUN changed on another fresh machine: it runs with the first build's cache mount.
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        std::fs::read_to_string(ctx.path().join("Dockerfile"))
-            .unwrap()
-            .replace("echo first", "echo second"),
-    )
-    .unwrap();
+    changed_run_starts_warm(ctx.path(), &from, 3);
+}
+
+/// A build on a fresh store with `--cache-from FROM`: every one of `steps` steps is a hit, the
+/// image digest is `expected`, and the store holds nothing half-written. Returns the log.
+fn fresh_machine_hits_every_step(ctx: &Path, from: &str, steps: usize, expected: &str) -> String {
+    let fresh = tempfile::tempdir().unwrap();
+    let out = build_ok(ctx, fresh.path(), &["--cache-from", from]);
+    let log = stderr(&out);
+    assert!(
+        log.contains(&format!("(0 steps run, {steps} cached)")),
+        "{log}"
+    );
+    assert_eq!(digest(&out), expected);
+    store_is_clean(fresh.path());
+    log
+}
+
+/// Changes the cache-mount RUN (`echo first` → `echo second`) and builds on a fresh store with
+/// `--cache-from FROM`: only that step runs, and it saw the first build's cache-mount content.
+/// Returns the store, for a closer look at the imported mount.
+fn changed_run_starts_warm(ctx: &Path, from: &str, cached: usize) -> tempfile::TempDir {
+    let dockerfile = ctx.join("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    std::fs::write(&dockerfile, text.replace("echo first", "echo second")).unwrap();
     let out = tempfile::tempdir().unwrap();
     let fs = out.path().join("fs");
-    let third_root = tempfile::tempdir().unwrap();
-    let third = build_ok(
-        ctx.path(),
-        third_root.path(),
+    let root = tempfile::tempdir().unwrap();
+    let built = build_ok(
+        ctx,
+        root.path(),
         &[
             "--cache-from",
-            &from,
+            from,
             "-o",
             &format!("type=local,dest={}", fs.display()),
         ],
     );
+    let log = stderr(&built);
     assert!(
-        stderr(&third).contains("(1 steps run, 3 cached)"),
-        "{}",
-        stderr(&third)
+        log.contains(&format!("(1 steps run, {cached} cached)")),
+        "{log}"
     );
     assert_eq!(
         std::fs::read_to_string(fs.join("saw.txt")).unwrap(),
         "first\n"
     );
+    root
 }
