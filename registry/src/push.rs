@@ -48,23 +48,17 @@ impl Registry {
         Ok(out)
     }
 
-    /// Pushes `size` bytes of `reader` as the blob `digest` to `r`'s repository unless it has
-    /// it already (a cache's own blobs, which are not in the store).
-    pub fn push_blob_from(
+    /// Uploads `size` bytes of `reader` as the blob `digest` to `r`'s repository, without
+    /// asking first whether it is there (for callers that just did: the cache transport). The
+    /// registry checks the digest and keeps nothing on a mismatch. Returns the bytes sent.
+    pub fn upload_blob_from(
         &self,
         r: &Reference,
         digest: &Digest,
         size: u64,
         reader: &mut (dyn std::io::Read + Send),
-    ) -> Result<BlobPush> {
-        self.block_on(async {
-            self.auth(r, true).await?;
-            if self.blob_exists_async(r, digest).await?.is_some() {
-                return Ok(BlobPush::Skipped);
-            }
-            let sent = self.upload_from_async(r, digest, size, reader).await?;
-            Ok(BlobPush::Uploaded(sent))
-        })
+    ) -> Result<u64> {
+        self.block_on(self.upload_from_async(r, digest, size, reader))
     }
 
     async fn push_blob_async(

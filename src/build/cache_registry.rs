@@ -77,20 +77,15 @@ impl CacheTransport for RegistryCache {
         Ok(Box::new(Downloaded(tmp)))
     }
 
-    fn put_blob(&self, digest: &Digest, size: u64, reader: &mut dyn Read) -> io::Result<()> {
-        // The upload needs a `Send` reader; the registry verifies the digest and keeps nothing
-        // on a mismatch, which the trait's contract asks.
-        let mut tmp = self.store.temp_file().map_err(io::Error::other)?;
-        let copied = io::copy(reader, tmp.as_file_mut())?;
-        if copied != size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("blob {digest}: {copied} bytes, expected {size}"),
-            ));
-        }
-        tmp.as_file_mut().seek(SeekFrom::Start(0))?;
+    /// Export asked `has_blob` just before, so this uploads at once, streaming `reader`.
+    fn put_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        reader: &mut (dyn Read + Send),
+    ) -> io::Result<()> {
         self.registry
-            .push_blob_from(&self.reference, digest, size, tmp.as_file_mut())
+            .upload_blob_from(&self.reference, digest, size, reader)
             .map(|_| ())
             .map_err(io_err)
     }
@@ -130,7 +125,9 @@ impl CacheTransport for RegistryCache {
     fn put_index(&self, index: &CacheIndex) -> io::Result<()> {
         let json = index.to_json();
         let digest = Digest::of(&json);
-        self.put_blob(&digest, json.len() as u64, &mut json.as_slice())?;
+        if self.has_blob(&digest)?.is_none() {
+            self.put_blob(&digest, json.len() as u64, &mut json.as_slice())?;
+        }
         let layers = index
             .referenced()
             .into_iter()

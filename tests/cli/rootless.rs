@@ -771,20 +771,7 @@ fn rootless_run_is_isolated() {
     .unwrap();
     let h = host.path().display().to_string();
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            use std::io::BufRead;
-            let mut reader = std::io::BufReader::new(&s);
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            let mut s = &s;
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        }
-    });
+    let port = crate::serve_hello();
 
     let df = on_busybox(&format!(
         "RUN (cat {h}/secret 2>&1 || echo unreadable) > /hostread && \\\n    (echo x > {h}/written 2>/dev/null && echo wrote || echo refused) > /hostwrite && \\\n    ls /proc | grep -c '^[0-9]' > /pids && hostname > /hostname.txt && id -u > /uid && cat /proc/self/uid_map > /uid_map\nRUN --network=none (wget -q -O - http://127.0.0.1:{port}/ 2>/dev/null || echo unreachable) > /none.txt && ls /sys/class/net > /ifaces\nRUN wget -q -O - http://127.0.0.1:{port}/ > /host.txt\n"

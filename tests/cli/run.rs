@@ -80,21 +80,7 @@ fn run_is_isolated_from_the_host() {
 
 #[test]
 fn network_none_has_only_loopback() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            use std::io::{BufRead, Write};
-            let mut reader = std::io::BufReader::new(&s);
-            // Read the request head before answering, as a real server does.
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            let mut s = &s;
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-        }
-    });
+    let port = crate::serve_hello();
     let ctx = busybox_context(&format!(
         "RUN --network=none (wget -q -O - http://127.0.0.1:{port}/ 2>/dev/null || echo unreachable) > /none.txt && ls /sys/class/net > /ifaces\nRUN wget -q -O - http://127.0.0.1:{port}/ > /host.txt\n"
     ));

@@ -94,7 +94,7 @@ fn hello_boots_with_its_args_and_baked_file() {
     let o = run(&elf, &["--", "a", "b"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("args: a b\n"), "{}", stdout(&o));
-    // Too little memory is a clear failure, not a hang or a success.
+    // A --memory that is not a size is a usage error naming the flag.
     let o = run(&elf, &["--memory", "nonsense"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--memory"), "{}", stderr(&o));

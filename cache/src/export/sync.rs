@@ -225,9 +225,7 @@ fn relay_blob(
     blob: &BlobRef,
 ) -> Result<Stats, ExportError> {
     put_unless_present(dest, blob, || {
-        let reader: Box<dyn Read + '_> =
-            from.get_blob(&blob.digest).map_err(ExportError::at(from))?;
-        Ok(reader)
+        from.get_blob(&blob.digest).map_err(ExportError::at(from))
     })
 }
 
@@ -235,7 +233,7 @@ fn relay_blob(
 fn put_unless_present<'a>(
     dest: &dyn CacheTransport,
     blob: &BlobRef,
-    open: impl FnOnce() -> Result<Box<dyn Read + 'a>, ExportError>,
+    open: impl FnOnce() -> Result<Box<dyn Read + Send + 'a>, ExportError>,
 ) -> Result<Stats, ExportError> {
     let mut stats = Stats::default();
     if dest.has_blob(&blob.digest).map_err(ExportError::at(dest))? == Some(blob.size) {

@@ -34,7 +34,12 @@ pub trait CacheTransport: Send + Sync {
 
     /// Stores `reader`'s content as the blob `digest` (`size` bytes). Content of another
     /// digest is an `InvalidData` error, and nothing is stored.
-    fn put_blob(&self, digest: &Digest, size: u64, reader: &mut dyn Read) -> io::Result<()>;
+    fn put_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        reader: &mut (dyn Read + Send),
+    ) -> io::Result<()>;
 
     /// The index, or None when the cache holds none yet.
     fn get_index(&self) -> io::Result<Option<CacheIndex>>;
@@ -172,7 +177,12 @@ impl CacheTransport for LocalDir {
         Ok(Box::new(File::open(&path).map_err(at(&path))?))
     }
 
-    fn put_blob(&self, digest: &Digest, size: u64, reader: &mut dyn Read) -> io::Result<()> {
+    fn put_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        reader: &mut (dyn Read + Send),
+    ) -> io::Result<()> {
         let dest = self.blob_path(digest);
         let (file, tmp) = Self::temp_beside(&dest).map_err(at(&dest))?;
         let mut w = DigestWriter::new(BufWriter::with_capacity(256 * 1024, file));
